@@ -1,0 +1,135 @@
+"""`/v1/groups` and `/v1/tokens`: minting groups and managing credentials (owner only)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from tidings import groups, tokens
+from tidings.api.auth import authenticate
+from tidings.api.state import state_of
+from tidings.errors import BadRequest, NotFound
+from tidings.model import Group, Token
+from tidings.timestamps import from_ns, parse
+
+router = APIRouter(tags=["access"])
+
+
+class GroupCreate(BaseModel):
+    """A new child group under `parent` (by default the token's group)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(default=None, max_length=200)
+    parent: str | None = None
+
+
+class TokenCreate(BaseModel):
+    """A new token for `group` (by default the token's group) with `roles`."""
+
+    model_config = ConfigDict(extra="forbid")
+    roles: list[str] = Field(min_length=1)
+    group: str | None = None
+    name: str | None = Field(default=None, max_length=200)
+    subject: str | None = Field(default=None, max_length=1024)
+    expires_at: str | None = Field(default=None, description="RFC 3339")
+
+
+def group_json(group: Group) -> dict[str, Any]:
+    """The JSON form of a group."""
+    return {
+        "path": group.path,
+        "name": group.name,
+        "created_at": from_ns(group.created_ns).render(),
+    }
+
+
+def token_json(token: Token, secret: str | None = None) -> dict[str, Any]:
+    """The JSON form of a token; the secret appears only when it is created."""
+    body: dict[str, Any] = {
+        "id": token.id,
+        "group": token.group,
+        "roles": list(token.roles),
+        "name": token.name,
+        "subject": token.subject,
+        "expires_at": None if token.expires_ns is None else from_ns(token.expires_ns).render(),
+        "created_at": from_ns(token.created_ns).render(),
+    }
+    if secret is not None:
+        body["token"] = secret
+    return body
+
+
+@router.post("/v1/groups", status_code=201)
+async def create_group(request: Request, spec: GroupCreate) -> dict[str, Any]:
+    """Mint a child group (a UIDP) under a group the token owns."""
+    principal = await authenticate(request)
+    parent = principal.group if spec.parent is None else groups.parse_group(spec.parent, "parent")
+    principal.require("owner", parent)
+    state = state_of(request)
+    group = Group(path=groups.new_child(parent), name=spec.name, created_ns=state.clock())
+    await state.storage.create_group(group)
+    return group_json(group)
+
+
+@router.post("/v1/tokens", status_code=201)
+async def create_token(request: Request, spec: TokenCreate) -> dict[str, Any]:
+    """Create a token within the caller's subtree; its secret is shown only here."""
+    principal = await authenticate(request)
+    group = principal.group if spec.group is None else groups.parse_group(spec.group, "group")
+    principal.require("owner", group)
+    state = state_of(request)
+    now = state.clock()
+    expires_ns = None if spec.expires_at is None else parse(spec.expires_at, "expires_at").ns
+    if expires_ns is not None and expires_ns <= now:
+        raise BadRequest("expires_at must be in the future")
+    token, secret = new_token(group, spec.roles, spec.name, spec.subject, expires_ns, now)
+    await state.storage.create_token(token)
+    return token_json(token, secret)
+
+
+def new_token(
+    group: str,
+    roles: list[str],
+    name: str | None,
+    subject: str | None,
+    expires_ns: int | None,
+    now_ns: int,
+) -> tuple[Token, str]:
+    """A new token record and its secret (which is not stored)."""
+    secret = tokens.new_secret()
+    token = Token(
+        id=tokens.new_token_id(),
+        group=group,
+        roles=tokens.parse_roles(roles),
+        name=name,
+        subject=subject,
+        expires_ns=expires_ns,
+        created_ns=now_ns,
+        secret_hash=tokens.hash_secret(secret),
+    )
+    return token, secret
+
+
+@router.get("/v1/tokens")
+async def list_tokens(request: Request) -> dict[str, Any]:
+    """The tokens of the caller's subtree, without their secrets."""
+    principal = await authenticate(request)
+    principal.require("owner")
+    found = await state_of(request).storage.list_tokens(principal.group)
+    return {
+        "tokens": [token_json(token) for token in found],
+        "has_more": False,
+        "next_cursor": None,
+    }
+
+
+@router.delete("/v1/tokens/{token_id}", status_code=204, response_class=Response)
+async def delete_token(request: Request, token_id: str) -> Response:
+    """Delete a token of the caller's subtree; it stops working at once."""
+    principal = await authenticate(request)
+    principal.require("owner")
+    if not await state_of(request).storage.delete_token(principal.group, token_id):
+        raise NotFound(f"no token {token_id!r} in the token's subtree")
+    return Response(status_code=204)

@@ -1,0 +1,26 @@
+"""Bearer-token authentication: every request looks its token up, so a deleted token stops at once."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from tidings.api.state import state_of
+from tidings.errors import Unauthenticated
+from tidings.tokens import Principal, hash_secret
+
+
+async def authenticate(request: Request) -> Principal:
+    """The principal of the request's bearer token, or Unauthenticated."""
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthenticated("an Authorization: Bearer <token> header is required")
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthenticated("the Authorization header must be 'Bearer <token>'")
+    state = state_of(request)
+    token = await state.storage.token_by_hash(hash_secret(secret.strip()))
+    if token is None:
+        raise Unauthenticated("the token is unknown or was deleted")
+    if token.expires_ns is not None and token.expires_ns <= state.clock():
+        raise Unauthenticated("the token has expired")
+    return Principal.of(token)

@@ -1,0 +1,75 @@
+"""A small client of the tidings HTTP API, used by the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from tidings import __version__
+
+
+class ApiError(Exception):
+    """The API answered with an error."""
+
+    def __init__(self, status: int, code: str, message: str, details: list[Any]):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+class Client:
+    """Calls the API at `url` with a bearer `token`."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 30.0):
+        headers = {"user-agent": f"tidings-cli/{__version__}"}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        self._http = httpx.Client(
+            base_url=url.rstrip("/"), headers=headers, timeout=timeout, trust_env=False
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; return the decoded JSON answer or raise ApiError."""
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(
+                    response.status_code, "http_error", response.text[:500], []
+                ) from None
+            raise ApiError(
+                response.status_code, error["code"], error["message"], error.get("details", [])
+            )
+        return None if response.status_code == 204 else response.json()
+
+    def emit(self, event: dict[str, Any]) -> dict[str, Any]:
+        """Ingest one event; return the stored event."""
+        result: dict[str, Any] = self.request("POST", "/v1/events", json=event)
+        return result
+
+    def list_events(self, params: dict[str, Any]) -> dict[str, Any]:
+        """One page of events."""
+        result: dict[str, Any] = self.request("GET", "/v1/events", params=params)
+        return result
+
+    def pages(self, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every page from the first, following next_cursor while has_more."""
+        params = dict(params)
+        while True:
+            page = self.list_events(params)
+            yield page
+            if not page["has_more"]:
+                return
+            params["cursor"] = page["next_cursor"]
+
+    def get_event(self, event_id: str, source: str | None = None) -> dict[str, Any]:
+        """One event by id."""
+        params = {"source": source} if source else {}
+        result: dict[str, Any] = self.request("GET", f"/v1/events/{event_id}", params=params)
+        return result

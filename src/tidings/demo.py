@@ -1,0 +1,208 @@
+"""`tidings demo`: the service on a temporary database, filled with the Chainguard examples.
+
+Every example event of the Chainguard documents is emitted through the API, with
+real UIDPs in place of the documents' placeholder texts, across a small group
+tree; then the demo shows what it did and how to query it.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from tidings import groups
+from tidings.api import create_app
+from tidings.catalog import chainguard_examples
+from tidings.client import Client
+from tidings.config import Settings
+from tidings.server import uvicorn_config
+from tidings.timestamps import from_ns
+
+_PLACEHOLDER = re.compile(r"UIDP|\bUID\b|identifier|exact UIDP")
+
+
+class _Tree:
+    """The demo's tenant: a root with two teams and a cluster below one of them."""
+
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+        self.root = groups.new_root()
+        self.platform = groups.new_child(self.root)
+        self.payments = groups.new_child(self.root)
+        self.cluster = groups.new_child(self.platform)
+        self.actors = [groups.new_root() for _ in range(3)]
+
+    @property
+    def all(self) -> list[str]:
+        return [self.root, self.platform, self.payments, self.cluster]
+
+    def uidp_under(self, group: str) -> str:
+        return f"{group}/{self.rng.randbytes(8).hex()}"
+
+
+def _realistic(example: dict[str, Any], tree: _Tree, index: int, now_ns: int) -> dict[str, Any]:
+    """The example as an event, its placeholder texts replaced by real identifiers."""
+    group = tree.rng.choice(tree.all)
+    data = copy.deepcopy(example["data"])
+    data["actor"]["subject"] = tree.rng.choice(tree.actors)
+
+    def fill(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: fill(item) for key, item in value.items()}
+        if isinstance(value, str) and _PLACEHOLDER.search(value):
+            return tree.uidp_under(group)
+        return value
+
+    data["body"] = fill(data["body"])
+    source = example["ce_source"].replace("namespace-UID", tree.rng.randbytes(8).hex())
+    source = source.replace("cluster-id", tree.rng.randbytes(8).hex())
+    return {
+        "specversion": "1.0",
+        "type": example["ce_type"],
+        "source": source,
+        "subject": tree.uidp_under(group),
+        "time": from_ns(
+            now_ns - (62 - index) * 7_000_000_000 + tree.rng.randrange(10**9), 9
+        ).render(),
+        "group": group,
+        "data": data,
+    }
+
+
+def _start(settings: Settings, port: int) -> uvicorn.Server:
+    server = uvicorn.Server(uvicorn_config(create_app(settings), "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"the demo service did not start on port {port}")
+        time.sleep(0.05)
+    return server
+
+
+def _bootstrap(database: Path, tree: _Tree) -> dict[str, str]:
+    """Create the demo's groups and tokens straight in the database."""
+    import asyncio
+
+    from tidings.api.access import new_token
+    from tidings.model import Group
+    from tidings.storage.sqlite import SQLiteStorage
+
+    async def work() -> dict[str, str]:
+        storage = SQLiteStorage(str(database))
+        await storage.open()
+        try:
+            now = time.time_ns()
+            names = {
+                tree.root: "acme",
+                tree.platform: "platform",
+                tree.payments: "payments",
+                tree.cluster: "prod-cluster",
+            }
+            for path, name in names.items():
+                await storage.create_group(Group(path=path, name=name, created_ns=now))
+            made = {}
+            for label, group, roles in (
+                ("owner", tree.root, ["owner"]),
+                ("producer", tree.root, ["producer"]),
+                ("payments-viewer", tree.payments, ["viewer"]),
+            ):
+                token, secret = new_token(group, roles, label, None, None, now)
+                await storage.create_token(token)
+                made[label] = secret
+            return made
+        finally:
+            await storage.close()
+
+    return asyncio.run(work())
+
+
+def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str, Any]:
+    """Run the demo; serve until interrupted unless `once`. Returns what it made."""
+    workdir = Path(tempfile.mkdtemp(prefix="tidings-demo-"))
+    database = workdir / "tidings.db"
+    settings = Settings(database_url=f"sqlite:///{database}")
+    tree = _Tree(random.Random(seed))
+    made_tokens = _bootstrap(database, tree)
+    server = _start(settings, port)
+    url = f"http://127.0.0.1:{port}"
+    producer = Client(url, made_tokens["producer"])
+    now = time.time_ns()
+    by_group: Counter[str] = Counter()
+    try:
+        for index, example in enumerate(chainguard_examples()):
+            stored = producer.emit(_realistic(example, tree, index, now))
+            by_group[stored["group"]] += 1
+    finally:
+        producer.close()
+    _report(console, url, tree, made_tokens, by_group, database)
+    result = {
+        "url": url,
+        "database": str(database),
+        "tokens": made_tokens,
+        "root": tree.root,
+        "payments": tree.payments,
+        "emitted": sum(by_group.values()),
+    }
+    if once:
+        server.should_exit = True
+        return result
+    console.print("\nServing until you press Ctrl-C.")
+    try:
+        while not server.should_exit:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        server.should_exit = True
+    return result
+
+
+def _report(
+    console: Console,
+    url: str,
+    tree: _Tree,
+    made_tokens: dict[str, str],
+    by_group: Counter[str],
+    database: Path,
+) -> None:
+    console.rule("[bold]tidings demo")
+    console.print(f"Service: {url}   database: {database}")
+    table = Table("group", "role in the demo", "events")
+    for path, label in (
+        (tree.root, "tenant root"),
+        (tree.platform, "team 'platform'"),
+        (tree.payments, "team 'payments'"),
+        (tree.cluster, "cluster under 'platform'"),
+    ):
+        table.add_row(path, label, str(by_group[path]))
+    console.print(table)
+    console.print(
+        f"Emitted {sum(by_group.values())} events: every example of the Chainguard documents.\n"
+    )
+    console.print("Try it (in another terminal):", style="bold")
+    console.print(f"  export TIDINGS_URL={url}", highlight=False)
+    console.print(f"  export TIDINGS_TOKEN={made_tokens['owner']}", highlight=False)
+    console.print("  tidings events list --type 'dev.chainguard.api.iam.*'", highlight=False)
+    console.print(
+        f"  tidings events list --group {tree.platform} --order desc --limit 5", highlight=False
+    )
+    console.print(
+        f"  curl -s -H \"Authorization: Bearer $TIDINGS_TOKEN\" '{url}/v1/events?limit=2'",
+        highlight=False,
+    )
+    console.print(
+        f"  TIDINGS_TOKEN={made_tokens['payments-viewer']} tidings events list   "
+        "# a viewer of 'payments' sees only its subtree",
+        highlight=False,
+    )

@@ -1,0 +1,150 @@
+"""SQLite connections for asyncio: one writer thread that group-commits, and a reader pool.
+
+Every write runs on the writer thread. It takes all the writes that are
+waiting, runs each in a savepoint of one transaction, commits once, and only
+then answers each caller: under load many requests share one fsync, and a
+caller never hears of a write that is not on disk. Readers run on their own
+connections in a thread pool; WAL lets them read while the writer writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+WriteFn = Callable[[sqlite3.Connection], Any]
+_MAX_GROUP = 512
+
+
+def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
+    """An SQLite connection in WAL mode, in autocommit (explicit transactions only)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 10000")
+    if not readonly:
+        conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        conn.execute("PRAGMA query_only = ON")
+    return conn
+
+
+class _Job:
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: WriteFn, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop):
+        self.fn, self.future, self.loop = fn, future, loop
+
+
+def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+class SQLiteEngine:
+    """Runs writes on one group-committing thread and reads on a pool."""
+
+    def __init__(self, path: str, synchronous: str = "FULL", readers: int = 4):
+        self.path = path
+        self.synchronous = synchronous
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tidings-sqlite-read")
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the writer thread (which opens the database and sets WAL mode)."""
+        started = threading.Event()
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(started,), name="tidings-sqlite-write", daemon=True
+        )
+        self._writer.start()
+        started.wait()
+
+    def stop(self) -> None:
+        """Finish pending writes, then close every connection."""
+        if self._writer is not None:
+            self._queue.put(None)
+            self._writer.join()
+            self._writer = None
+        self._readers.shutdown(wait=True)
+        with self._lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in a write transaction; return its result once committed."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Job(fn, future, loop))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` on a reader connection in the pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.synchronous, readonly=True)
+            self._local.conn = conn
+            with self._lock:
+                self._reader_conns.append(conn)
+        return fn(conn)
+
+    def _write_loop(self, started: threading.Event) -> None:
+        conn = connect(self.path, self.synchronous)
+        started.set()
+        running = True
+        while running:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs = [first]
+            while len(jobs) < _MAX_GROUP:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    running = False
+                    break
+                jobs.append(job)
+            self._commit_group(conn, jobs)
+        conn.close()
+
+    @staticmethod
+    def _commit_group(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for job in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((True, job.fn(conn)))
+                    conn.execute("RELEASE job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed: nobody's write is durable
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(False, exc)] * len(jobs)
+        for job, (ok, value) in zip(jobs, outcomes, strict=True):
+            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)

@@ -1,0 +1,67 @@
+"""RFC 3339 timestamps kept to the nanosecond.
+
+Python's datetime stops at microseconds, and the seeds show nanoseconds, so a
+time is kept as an integer count of nanoseconds since the epoch plus the number
+of fractional digits it was given with; rendering gives back the same precision.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import time
+from dataclasses import dataclass
+
+from tidings.errors import BadRequest
+
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+)
+NS = 1_000_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Timestamp:
+    """An instant in nanoseconds since the epoch, and the digits it is shown with."""
+
+    ns: int
+    digits: int = 9
+
+    def render(self) -> str:
+        """RFC 3339 in UTC, with as many fractional digits as given."""
+        seconds, nanos = divmod(self.ns, NS)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        if self.digits:
+            text += "." + f"{nanos:09d}"[: self.digits]
+        return text + "Z"
+
+
+def parse(text: object, what: str = "time") -> Timestamp:
+    """Parse an RFC 3339 date-time, or raise BadRequest naming `what`."""
+    match = _RFC3339.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        raise BadRequest(f"{what} must be an RFC 3339 date-time, got {text!r}")
+    year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
+    fraction, offset = match.group(7) or "", match.group(8)
+    if not (1 <= month <= 12 and 1 <= day <= _days_in(year, month)) or (
+        hour > 23 or minute > 59 or second > 59
+    ):
+        raise BadRequest(f"{what} is not a valid date-time: {text!r}")
+    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))
+    if offset not in ("Z", "z"):
+        sign = 1 if offset[0] == "+" else -1
+        off_hours, off_minutes = int(offset[1:3]), int(offset[4:6])
+        if off_hours > 23 or off_minutes > 59:
+            raise BadRequest(f"{what} has an invalid UTC offset: {text!r}")
+        seconds -= sign * (off_hours * 3600 + off_minutes * 60)
+    nanos = int(fraction.ljust(9, "0")) if fraction else 0
+    return Timestamp(seconds * NS + nanos, len(fraction))
+
+
+def _days_in(year: int, month: int) -> int:
+    return calendar.monthrange(year, month)[1]
+
+
+def from_ns(ns: int, digits: int = 6) -> Timestamp:
+    """A timestamp from nanoseconds since the epoch."""
+    return Timestamp(ns, digits)

@@ -1,0 +1,81 @@
+"""API tokens: 256 random bits, shown once, stored as a SHA-256 hash; roles and their reach."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tidings import groups
+from tidings.errors import BadRequest, Forbidden
+from tidings.model import ROLES, Token
+
+PREFIX = "tdg_"
+# What each role includes besides itself.
+_INCLUDES = {
+    "owner": frozenset(ROLES),
+    "editor": frozenset({"editor", "viewer"}),
+    "producer": frozenset({"producer"}),
+    "viewer": frozenset({"viewer"}),
+}
+
+
+def new_secret() -> str:
+    """A new token secret: a prefix (for secret scanners) and 256 random bits."""
+    return PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    """The SHA-256 hex digest under which a secret is stored."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_token_id() -> str:
+    """A public identifier for a token (not a secret)."""
+    return "tok_" + secrets.token_hex(8)
+
+
+def parse_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    """Validate role names; keep their canonical order."""
+    given = set(roles)
+    unknown = sorted(given - set(ROLES))
+    if unknown:
+        raise BadRequest(f"unknown roles {unknown}; roles are {list(ROLES)}")
+    if not given:
+        raise BadRequest(f"at least one role is required; roles are {list(ROLES)}")
+    return tuple(role for role in ROLES if role in given)
+
+
+def effective_roles(roles: Iterable[str]) -> frozenset[str]:
+    """Every role that `roles` include."""
+    result: set[str] = set()
+    for role in roles:
+        result |= _INCLUDES[role]
+    return frozenset(result)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a token's group, its roles and the subject it acts as."""
+
+    token_id: str
+    group: str
+    roles: frozenset[str]
+    subject: str | None = None
+
+    @classmethod
+    def of(cls, token: Token) -> Principal:
+        """The principal a stored token stands for."""
+        return cls(token.id, token.group, effective_roles(token.roles), token.subject)
+
+    def sees(self, group: str) -> bool:
+        """Whether `group` lies in this principal's subtree."""
+        return groups.contains(self.group, group)
+
+    def require(self, role: str, group: str | None = None) -> None:
+        """Raise Forbidden unless the principal holds `role` (over `group`, if given)."""
+        if role not in self.roles:
+            raise Forbidden(f"this needs the {role!r} role; the token has {sorted(self.roles)}")
+        if group is not None and not self.sees(group):
+            raise Forbidden(f"group {group!r} is outside the token's group {self.group!r}")

@@ -1,0 +1,252 @@
+"""CloudEvents in and out: structured, batch and binary mode, per CloudEvents 1.0.
+
+Every parser returns validated `EventInput`s or raises `BadRequest` naming the
+attribute at fault; nothing here touches storage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from tidings import timestamps
+from tidings.errors import BadRequest, UnsupportedMediaType
+from tidings.groups import parse_group
+from tidings.model import EventInput, StoredEvent
+
+SPECVERSION = "1.0"
+DEFAULT_AUDIENCE = "customer"
+JSON = "application/json"
+# Attributes tidings sets itself and renders; a producer may not send them.
+STORED_TIME = "storedtime"
+RESERVED = frozenset({STORED_TIME, "data_base64"})
+CORE = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype")
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+_NO_SPACE = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_AUDIENCE = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
+_DATA_KEYS = frozenset({"actor", "body", "previous"})
+_ACTOR_KEYS = frozenset({"subject", "email", "ip"})
+_LIMITS = {"id": 256, "source": 1024, "type": 256, "subject": 1024}
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON with sorted keys: the canonical text of tidings."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def loads(raw: bytes | str, what: str = "body") -> Any:
+    """Parse JSON, or raise BadRequest saying where it is malformed."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the {what} is not valid JSON: {exc}") from exc
+
+
+def parse_event(obj: Any) -> EventInput:
+    """Validate one event in structured mode (a JSON object)."""
+    if not isinstance(obj, dict):
+        raise BadRequest("an event must be a JSON object")
+    specversion = obj.get("specversion", SPECVERSION)
+    if specversion != SPECVERSION:
+        raise BadRequest(f"specversion must be {SPECVERSION!r}, got {specversion!r}")
+    if "data_base64" in obj:
+        raise UnsupportedMediaType("data must be JSON (application/json); data_base64 is refused")
+    _check_content_type(obj.get("datacontenttype"), "datacontenttype")
+    if "data" not in obj:
+        raise BadRequest("data is required: an object with 'actor' and 'body'")
+    attributes = {
+        k: v for k, v in obj.items() if k not in ("data", "specversion", "datacontenttype")
+    }
+    return _build(attributes, obj["data"])
+
+
+def parse_batch(obj: Any) -> list[EventInput]:
+    """Validate a batch (a JSON array of events); errors carry each bad item's index."""
+    if not isinstance(obj, list):
+        raise BadRequest("a batch must be a JSON array of events")
+    if not obj:
+        raise BadRequest("a batch must hold at least one event")
+    events: list[EventInput] = []
+    errors: list[dict[str, Any]] = []
+    for index, item in enumerate(obj):
+        try:
+            events.append(parse_event(item))
+        except BadRequest as exc:
+            errors.append({"index": index, "message": exc.message})
+    if errors:
+        raise BadRequest(
+            f"{len(errors)} of {len(obj)} events in the batch are invalid; none was stored",
+            details=errors,
+        )
+    return events
+
+
+def parse_binary(headers: Mapping[str, str], body: bytes) -> EventInput:
+    """Validate an event in binary mode: `ce-*` headers, the data as the body.
+
+    Header values are percent-decoded as the CloudEvents HTTP binding says,
+    then validated like any other attribute.
+    """
+    attributes: dict[str, Any] = {}
+    for name, value in headers.items():
+        lowered = name.lower()
+        if not lowered.startswith("ce-"):
+            continue
+        try:
+            attributes[lowered[3:]] = unquote(value, errors="strict")
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"header {name} is not valid percent-encoded UTF-8") from exc
+    specversion = attributes.pop("specversion", None)
+    if specversion != SPECVERSION:
+        raise BadRequest(f"ce-specversion must be {SPECVERSION!r}, got {specversion!r}")
+    if "datacontenttype" in attributes:
+        raise BadRequest(
+            "in binary mode the data's type is the Content-Type header, not ce-datacontenttype"
+        )
+    return _build(attributes, loads(body, "data"))
+
+
+def _check_content_type(value: Any, what: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, str) or value.split(";", 1)[0].strip().lower() != JSON:
+        raise UnsupportedMediaType(f"{what} must be {JSON}, got {value!r}")
+
+
+def _text(attributes: dict[str, Any], name: str, required: bool) -> str | None:
+    value = attributes.pop(name, None)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"{name} must be a non-empty string")
+    if len(value) > _LIMITS[name]:
+        raise BadRequest(f"{name} is longer than {_LIMITS[name]} characters")
+    if _NO_SPACE.fullmatch(value) is None and name != "subject":
+        raise BadRequest(f"{name} must not contain whitespace or control characters")
+    return value
+
+
+def _build(attributes: dict[str, Any], data: Any) -> EventInput:
+    event_id = _text(attributes, "id", required=False)
+    source = _text(attributes, "source", required=True)
+    event_type = _text(attributes, "type", required=True)
+    subject = _text(attributes, "subject", required=False)
+    raw_time = attributes.pop("time", None)
+    time = None if raw_time is None else timestamps.parse(raw_time, "time")
+    if "group" not in attributes:
+        raise BadRequest("group is required")
+    group = parse_group(attributes.pop("group"))
+    audience = attributes.pop("audience", DEFAULT_AUDIENCE)
+    if not isinstance(audience, str) or _AUDIENCE.fullmatch(audience) is None:
+        raise BadRequest(f"audience must be a short lowercase name, got {audience!r}")
+    extensions = _extensions(attributes)
+    _check_data(data)
+    data_json = dumps(data)
+    fingerprint = hashlib.sha256(
+        dumps(
+            [event_id, source, event_type, subject, raw_time, group, audience, extensions, data]
+        ).encode()
+    ).hexdigest()
+    assert source is not None
+    assert event_type is not None
+    return EventInput(
+        id=event_id,
+        source=source,
+        type=event_type,
+        subject=subject,
+        time=time,
+        group=group,
+        audience=audience,
+        extensions=extensions,
+        data=data,
+        data_json=data_json,
+        fingerprint=fingerprint,
+    )
+
+
+def _extensions(attributes: dict[str, Any]) -> dict[str, Any]:
+    extensions: dict[str, Any] = {}
+    for name, value in attributes.items():
+        if name in RESERVED:
+            raise BadRequest(f"{name} is set by tidings and may not be sent")
+        if _EXTENSION_NAME.fullmatch(name) is None:
+            raise BadRequest(
+                f"attribute name {name!r} is invalid: CloudEvents attribute names are 1 to 20 "
+                "lowercase letters or digits"
+            )
+        if name == "dataschema":
+            if not isinstance(value, str) or not value:
+                raise BadRequest("dataschema must be a non-empty URI")
+        elif isinstance(value, bool) or not isinstance(value, str | int):
+            raise BadRequest(f"extension attribute {name} must be a string or an integer")
+        elif isinstance(value, int) and not -(2**31) <= value < 2**31:
+            raise BadRequest(f"extension attribute {name} is outside the 32-bit integer range")
+        extensions[name] = value
+    return extensions
+
+
+def _check_data(data: Any) -> None:
+    if not isinstance(data, dict):
+        raise BadRequest("data must be a JSON object with 'actor' and 'body'")
+    unknown = sorted(set(data) - _DATA_KEYS)
+    if unknown:
+        raise BadRequest(
+            f"data has unknown keys {unknown}; it holds only 'actor', 'body' and 'previous'"
+        )
+    actor = data.get("actor")
+    if not isinstance(actor, dict):
+        raise BadRequest("data.actor is required: an object with a 'subject'")
+    unknown = sorted(set(actor) - _ACTOR_KEYS)
+    if unknown:
+        raise BadRequest(
+            f"data.actor has unknown keys {unknown}; it holds 'subject', 'email', 'ip'"
+        )
+    if not isinstance(actor.get("subject"), str) or not actor["subject"]:
+        raise BadRequest("data.actor.subject is required: a non-empty string")
+    if "email" in actor and not isinstance(actor["email"], str):
+        raise BadRequest("data.actor.email must be a string")
+    if "ip" in actor:
+        try:
+            ipaddress.ip_address(actor["ip"])
+        except (TypeError, ValueError) as exc:
+            raise BadRequest(f"data.actor.ip must be an IP address, got {actor['ip']!r}") from exc
+    if not isinstance(data.get("body"), dict):
+        raise BadRequest("data.body is required: a JSON object")
+    if "previous" in data and not isinstance(data["previous"], dict):
+        raise BadRequest("data.previous must be a JSON object")
+
+
+def render_attributes(
+    event: EventInput, event_id: str, time: timestamps.Timestamp, stored_ns: int
+) -> str:
+    """The CloudEvents JSON of a new event's attributes (all but `data`)."""
+    attributes: dict[str, Any] = {
+        "specversion": SPECVERSION,
+        "id": event_id,
+        "source": event.source,
+        "type": event.type,
+    }
+    if event.subject is not None:
+        attributes["subject"] = event.subject
+    attributes["time"] = time.render()
+    attributes["datacontenttype"] = JSON
+    attributes["group"] = event.group
+    attributes["audience"] = event.audience
+    attributes.update(sorted(event.extensions.items()))
+    attributes[STORED_TIME] = timestamps.from_ns(stored_ns).render()
+    return orjson.dumps(attributes).decode()
+
+
+def render_page(events: list[StoredEvent], has_more: bool, next_cursor: str | None) -> bytes:
+    """The JSON of a list page, built from the stored texts without parsing them."""
+    head = '{"events":[' + ",".join(event.to_json() for event in events) + "]"
+    tail = f',"has_more":{"true" if has_more else "false"},"next_cursor":{orjson.dumps(next_cursor).decode()}}}'
+    return (head + tail).encode()
