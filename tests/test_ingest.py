@@ -14,18 +14,30 @@ BATCH = "application/cloudevents-batch+json"
 CE_JSON = "application/cloudevents+json"
 
 
-def post(client: TestClient, token: str, body: Any, content_type: str = "application/json", **headers: str) -> Any:
+def post(
+    client: TestClient,
+    token: str,
+    body: Any,
+    content_type: str = "application/json",
+    **headers: str,
+) -> Any:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return client.post("/v1/events", content=raw, headers={**auth(token), "content-type": content_type, **headers})
+    return client.post(
+        "/v1/events", content=raw, headers={**auth(token), "content-type": content_type, **headers}
+    )
 
 
 def count(client: TestClient, tenant: Tenant) -> int:
     return len(client.get("/v1/events", headers=auth(tenant.viewer)).json()["events"])
 
 
-def test_single_event_is_stored_and_answered_as_cloudevents_json(client: TestClient, tenant: Tenant) -> None:
+def test_single_event_is_stored_and_answered_as_cloudevents_json(
+    client: TestClient, tenant: Tenant
+) -> None:
     """A structured event answers 201 with the stored event, all attributes rendered."""
-    response = post(client, tenant.producer, event(tenant.root, id="e-1", time="2023-01-31T22:36:41.42658Z"))
+    response = post(
+        client, tenant.producer, event(tenant.root, id="e-1", time="2023-01-31T22:36:41.42658Z")
+    )
     assert response.status_code == 201
     stored = response.json()
     assert stored["specversion"] == "1.0"
@@ -45,17 +57,23 @@ def test_cloudevents_json_content_type_is_accepted(client: TestClient, tenant: T
 
 def test_nanosecond_time_keeps_its_precision(client: TestClient, tenant: Tenant) -> None:
     """A time given with nanoseconds is rendered with the same nine digits."""
-    stored = post(client, tenant.producer, event(tenant.root, time="2026-06-17T22:32:33.12323813Z")).json()
+    stored = post(
+        client, tenant.producer, event(tenant.root, time="2026-06-17T22:32:33.12323813Z")
+    ).json()
     assert stored["time"] == "2026-06-17T22:32:33.12323813Z"
 
 
 def test_time_with_an_offset_is_rendered_in_utc(client: TestClient, tenant: Tenant) -> None:
     """An offset time is stored as the same instant in UTC."""
-    stored = post(client, tenant.producer, event(tenant.root, time="2024-05-01T10:00:00.5+02:00")).json()
+    stored = post(
+        client, tenant.producer, event(tenant.root, time="2024-05-01T10:00:00.5+02:00")
+    ).json()
     assert stored["time"] == "2024-05-01T08:00:00.5Z"
 
 
-def test_missing_id_is_a_generated_uuidv7_and_ids_ascend(client: TestClient, tenant: Tenant) -> None:
+def test_missing_id_is_a_generated_uuidv7_and_ids_ascend(
+    client: TestClient, tenant: Tenant
+) -> None:
     """Generated ids are version-7 UUIDs in ascending order."""
     ids = [post(client, tenant.producer, event(tenant.root)).json()["id"] for _ in range(5)]
     assert all(i[14] == "7" for i in ids)
@@ -71,12 +89,20 @@ def test_missing_time_is_the_ingest_time(client: TestClient, tenant: Tenant) -> 
 def test_extension_attributes_are_kept(client: TestClient, tenant: Tenant) -> None:
     """requestid, description and other extensions round-trip."""
     stored = post(
-        client, tenant.producer, event(tenant.root, requestid="27a532f4", description="made a widget", tier=3)
+        client,
+        tenant.producer,
+        event(tenant.root, requestid="27a532f4", description="made a widget", tier=3),
     ).json()
-    assert (stored["requestid"], stored["description"], stored["tier"]) == ("27a532f4", "made a widget", 3)
+    assert (stored["requestid"], stored["description"], stored["tier"]) == (
+        "27a532f4",
+        "made a widget",
+        3,
+    )
 
 
-def test_repeat_is_answered_with_the_stored_event_and_stored_once(client: TestClient, tenant: Tenant) -> None:
+def test_repeat_is_answered_with_the_stored_event_and_stored_once(
+    client: TestClient, tenant: Tenant
+) -> None:
     """The same event sent again is a 200 with the stored one."""
     first = post(client, tenant.producer, event(tenant.root, id="dup"))
     again = post(client, tenant.producer, event(tenant.root, id="dup"))
@@ -85,7 +111,9 @@ def test_repeat_is_answered_with_the_stored_event_and_stored_once(client: TestCl
     assert count(client, tenant) == 1
 
 
-def test_same_source_and_id_with_other_content_is_a_conflict(client: TestClient, tenant: Tenant) -> None:
+def test_same_source_and_id_with_other_content_is_a_conflict(
+    client: TestClient, tenant: Tenant
+) -> None:
     """Reusing (source, id) for different content is a 409 and changes nothing."""
     post(client, tenant.producer, event(tenant.root, id="dup"))
     response = post(client, tenant.producer, event(tenant.root, id="dup", subject="other"))
@@ -113,9 +141,16 @@ def test_batch_is_stored_whole(client: TestClient, tenant: Tenant) -> None:
     assert count(client, tenant) == 3
 
 
-def test_batch_with_a_bad_item_stores_nothing_and_names_its_index(client: TestClient, tenant: Tenant) -> None:
+def test_batch_with_a_bad_item_stores_nothing_and_names_its_index(
+    client: TestClient, tenant: Tenant
+) -> None:
     """One invalid item refuses the batch and the error names each bad index."""
-    batch = [event(tenant.root), {"specversion": "1.0", "type": "x"}, event(tenant.root), event("UPPER")]
+    batch = [
+        event(tenant.root),
+        {"specversion": "1.0", "type": "x"},
+        event(tenant.root),
+        event("UPPER"),
+    ]
     response = post(client, tenant.producer, batch, BATCH)
     assert response.status_code == 400
     assert [d["index"] for d in response.json()["error"]["details"]] == [1, 3]
@@ -158,7 +193,9 @@ def test_binary_mode_event_is_stored(client: TestClient, tenant: Tenant) -> None
     assert stored["data"] == data
 
 
-def test_binary_mode_with_another_specversion_is_refused(client: TestClient, tenant: Tenant) -> None:
+def test_binary_mode_with_another_specversion_is_refused(
+    client: TestClient, tenant: Tenant
+) -> None:
     """ce-specversion must be 1.0."""
     headers = {"ce-specversion": "0.3", "ce-source": "s", "ce-type": "t", "ce-group": tenant.root}
     response = post(client, tenant.producer, {"actor": {"subject": "u"}, "body": {}}, **headers)
@@ -228,7 +265,9 @@ def test_data_base64_is_a_415(client: TestClient, tenant: Tenant) -> None:
     assert post(client, tenant.producer, body).status_code == 415
 
 
-def test_event_over_one_mib_is_refused_before_it_is_read(client: TestClient, tenant: Tenant) -> None:
+def test_event_over_one_mib_is_refused_before_it_is_read(
+    client: TestClient, tenant: Tenant
+) -> None:
     """A declared length over 1 MiB is a 413."""
     body = event(tenant.root, data={"actor": {"subject": "u"}, "body": {"blob": "x" * (1 << 20)}})
     response = post(client, tenant.producer, body)
@@ -246,14 +285,19 @@ def test_chunked_event_over_one_mib_is_refused(client: TestClient, tenant: Tenan
         yield b'"}'
 
     response = client.post(
-        "/v1/events", content=chunks(), headers={**auth(tenant.producer), "content-type": "application/json"}
+        "/v1/events",
+        content=chunks(),
+        headers={**auth(tenant.producer), "content-type": "application/json"},
     )
     assert response.status_code == 413
 
 
 def test_batch_over_sixteen_mib_is_refused(client: TestClient, tenant: Tenant) -> None:
     """A batch larger than 16 MiB is a 413."""
-    big = [event(tenant.root, data={"actor": {"subject": "u"}, "body": {"b": "x" * (900 << 10)}}) for _ in range(19)]
+    big = [
+        event(tenant.root, data={"actor": {"subject": "u"}, "body": {"b": "x" * (900 << 10)}})
+        for _ in range(19)
+    ]
     assert post(client, tenant.producer, big, BATCH).status_code == 413
     assert count(client, tenant) == 0
 
