@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests.receivers import receivers  # noqa: F401 (a fixture for every test module)
 from tidings import groups
 from tidings.api import create_app
 from tidings.api.access import new_token

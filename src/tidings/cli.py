@@ -5,25 +5,32 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from tidings import groups
 from tidings.api.access import new_token
-from tidings.client import ApiError, Client
+from tidings.cli_common import (
+    DEFAULT_URL,
+    TokenOption,
+    UrlOption,
+    call,
+    checked,
+    client_for,
+    err,
+    fail,
+    out,
+    with_storage,
+)
 from tidings.config import Settings
-from tidings.errors import TidingsError
+from tidings.keys_cli import keys_app
 from tidings.model import Group
 from tidings.storage import open_storage
 from tidings.storage.base import Storage
-
-T = TypeVar("T")
-DEFAULT_URL = "http://127.0.0.1:8080"
+from tidings.subscriptions_cli import deliveries_app, subscriptions_app
 
 app = typer.Typer(help="tidings: a self-hosted events service for platforms.", no_args_is_help=True)
 groups_app = typer.Typer(help="Groups (works on the database directly).", no_args_is_help=True)
@@ -32,79 +39,59 @@ events_app = typer.Typer(help="Emit, list and get events through the API.", no_a
 app.add_typer(groups_app, name="groups")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(events_app, name="events")
+app.add_typer(subscriptions_app, name="subscriptions")
+app.add_typer(deliveries_app, name="deliveries")
+app.add_typer(keys_app, name="keys")
 
-err = Console(stderr=True)
-out = Console()
-
-UrlOption = Annotated[str, typer.Option("--url", envvar="TIDINGS_URL", help="The API's base URL.")]
-TokenOption = Annotated[
-    str | None,
-    typer.Option("--token", envvar="TIDINGS_TOKEN", help="An API token.", show_default=False),
-]
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    return typer.Exit(1)
-
-
-def _with_storage(work: Callable[[Storage], Coroutine[Any, Any, T]]) -> T:
-    """Open the configured database (migrating it), run `work`, close it."""
-
-    async def run() -> T:
-        storage = open_storage(Settings.from_env().database_url)
-        await storage.open()
-        try:
-            return await work(storage)
-        finally:
-            await storage.close()
-
-    try:
-        return asyncio.run(run())
-    except TidingsError as exc:
-        raise _fail(exc.message) from exc
-
-
-def _client(url: str, token: str | None) -> Client:
-    if not token:
-        raise _fail("an API token is needed: pass --token or set TIDINGS_TOKEN")
-    return Client(url, token)
-
-
-def _call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except ApiError as exc:
-        detail = "".join(f"\n  {json.dumps(d)}" for d in exc.details)
-        raise _fail(f"{exc.message} ({exc.status}){detail}") from exc
-    except OSError as exc:
-        raise _fail(f"cannot reach the API: {exc}") from exc
+# Kept for modules that import these names from here.
+_with_storage, _fail, _client, _call, _parse = with_storage, fail, client_for, call, checked
 
 
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    worker: Annotated[
+        bool,
+        typer.Option("--worker/--no-worker", help="Also run the delivery worker in this process."),
+    ] = True,
     log_format: Annotated[str, typer.Option(help="console or json.")] = "console",
 ) -> None:
-    """Run the service: the HTTP API on the configured database."""
+    """Run the service: the HTTP API and (unless --no-worker) the delivery worker."""
     from tidings import logs
     from tidings.api import create_app
+    from tidings.issuer import default_issuer_url
     from tidings.server import serve as run_server
 
     logs.configure(log_format)
-    run_server(create_app(Settings.from_env()), host, port)
+    settings = checked(
+        lambda: Settings.from_env(public_url=default_issuer_url(host, port), run_worker=worker)
+    )
+    run_server(create_app(settings), host, port)
+
+
+@app.command("worker")
+def run_worker(
+    log_format: Annotated[str, typer.Option(help="console or json.")] = "console",
+) -> None:
+    """Run the delivery worker alone, until interrupted."""
+    from tidings import logs
+    from tidings.delivery.standalone import run_standalone_worker
+
+    logs.configure(log_format)
+    settings = checked(Settings.from_env)
+    checked(lambda: asyncio.run(run_standalone_worker(settings)))
 
 
 @app.command()
 def migrate() -> None:
     """Apply pending schema migrations to the configured database."""
 
-    async def work(storage: Storage) -> list[str]:
-        return await storage.migrate()
+    async def work() -> list[str]:
+        # Not opened first: open() would apply the migrations and leave none to report.
+        return await open_storage(Settings.from_env().database_url).migrate()
 
-    # open() applies migrations; migrate() afterwards reports none left.
-    applied = _with_storage(work)
+    applied = _parse(lambda: asyncio.run(work()))
     err.print(f"schema is current ({len(applied)} migrations applied now)")
 
 
@@ -138,10 +125,12 @@ def groups_create(
     parent: Annotated[str | None, typer.Option(help="Mint the group under this one.")] = None,
 ) -> None:
     """Mint a group (a root UID, or a child UIDP under --parent); print its path."""
-    path = (
-        groups.new_root()
-        if parent is None
-        else groups.new_child(groups.parse_group(parent, "parent"))
+    path = _parse(
+        lambda: (
+            groups.new_root()
+            if parent is None
+            else groups.new_child(groups.parse_group(parent, "parent"))
+        )
     )
 
     async def work(storage: Storage) -> None:
@@ -159,7 +148,7 @@ def tokens_create(
     subject: Annotated[str | None, typer.Option(help="The identity the token acts as.")] = None,
 ) -> None:
     """Create an API token; print only the token."""
-    path = groups.parse_group(group)
+    path = _parse(lambda: groups.parse_group(group))
 
     async def work(storage: Storage) -> str:
         token, secret = new_token(path, role, name, subject, None, time.time_ns())

@@ -60,6 +60,8 @@ def _realistic(example: dict[str, Any], tree: _Tree, index: int, now_ns: int) ->
     def fill(value: Any) -> Any:
         if isinstance(value, dict):
             return {key: fill(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [fill(item) for item in value]
         if isinstance(value, str) and _PLACEHOLDER.search(value):
             return tree.uidp_under(group)
         return value

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tidings.catalog import builtin_types
 
@@ -23,8 +23,54 @@ class Metrics:
             registry=self.registry,
         )
         self._known = frozenset(builtin_types())
+        self.delivery_attempts = Counter(
+            "tidings_delivery_attempts",
+            "Delivery attempts by outcome: delivered, retrying or failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.delivery_latency = Histogram(
+            "tidings_delivery_latency_seconds",
+            "Time from sending a delivery to its answer.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15),
+            registry=self.registry,
+        )
+        self.delivery_attempt_number = Histogram(
+            "tidings_delivery_attempt_number",
+            "Which attempt of its delivery each attempt was.",
+            buckets=(1, 2, 3, 4, 5, 6, 7, 8),
+            registry=self.registry,
+        )
+        self.deliveries_due = Gauge(
+            "tidings_deliveries_due", "Deliveries due and not claimed.", registry=self.registry
+        )
+        self.deliveries_in_flight = Gauge(
+            "tidings_deliveries_in_flight",
+            "Deliveries claimed by a worker.",
+            registry=self.registry,
+        )
+        self.oldest_due_age = Gauge(
+            "tidings_oldest_due_delivery_age_seconds",
+            "How long the oldest due delivery has waited.",
+            registry=self.registry,
+        )
 
     def ingested(self, types: Iterable[str]) -> None:
         """Count newly stored events."""
         for event_type in types:
             self.events_ingested.labels(event_type if event_type in self._known else OTHER).inc()
+
+    def attempted(
+        self, status_code: int | None, latency_ms: float, number: int, status: str
+    ) -> None:
+        """Count one delivery attempt."""
+        outcome = {"pending": "retrying"}.get(status, status)
+        self.delivery_attempts.labels(outcome).inc()
+        self.delivery_latency.observe(latency_ms / 1000)
+        self.delivery_attempt_number.observe(number)
+
+    def backlog(self, due: int, in_flight: int, oldest_due_age_s: float) -> None:
+        """Set the backlog gauges."""
+        self.deliveries_due.set(due)
+        self.deliveries_in_flight.set(in_flight)
+        self.oldest_due_age.set(oldest_due_age_s)

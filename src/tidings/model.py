@@ -113,3 +113,123 @@ class Token:
     expires_ns: int | None = None
     created_ns: int = 0
     secret_hash: str = field(default="", repr=False)
+
+
+SUBSCRIPTION_KINDS = ("webhook", "slack")
+SUBSCRIPTION_STATES = ("active", "disabled")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Subscription:
+    """A group's endpoint: where its events go, which ones, and whether it is active.
+
+    Its id is a UIDP under its group. `roles` are those of the token that made
+    it: the subscription sees what that token could see.
+    """
+
+    id: str
+    group: str
+    kind: str
+    sink: str
+    types: tuple[str, ...] = ()
+    subject_prefix: str | None = None
+    description: str | None = None
+    state: str = "active"
+    state_reason: str | None = None
+    slack_username: str | None = None
+    slack_icon: str | None = None
+    signing_secret: str | None = field(default=None, repr=False)
+    roles: tuple[str, ...] = ()
+    failing_since_ns: int | None = None
+    created_ns: int = 0
+    updated_ns: int = 0
+
+    def matches(self, event_type: str, subject: str | None) -> bool:
+        """Whether the filter lets an event of this type and subject through."""
+        if self.types and not any(
+            event_type == t or (t.endswith(".*") and event_type.startswith(t[:-1]))
+            for t in self.types
+        ):
+            return False
+        return self.subject_prefix is None or (
+            subject is not None and subject.startswith(self.subject_prefix)
+        )
+
+
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attempt:
+    """One try at a delivery."""
+
+    number: int
+    started_ns: int
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    response: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Delivery:
+    """One event for one subscription, and how its attempts went."""
+
+    id: int
+    subscription_id: str
+    event_position: int
+    status: str
+    attempts: int
+    due_ns: int
+    created_ns: int
+    updated_ns: int
+    event_id: str = ""
+    event_source: str = ""
+    event_type: str = ""
+    attempt_log: tuple[Attempt, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Claim:
+    """A delivery claimed by a worker: what it needs to send it, and the token to report back."""
+
+    delivery_id: int
+    claim_token: str
+    attempts: int
+    subscription: Subscription
+    event: StoredEvent
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttemptResult:
+    """What a worker reports after an attempt, and what follows from it.
+
+    `status` is the delivery's new status; `next_due_ns` is set when it stays
+    pending. `disable_reason` disables the subscription (e.g. on 410 Gone);
+    after a failure, a subscription failing since before `disable_if_failing_since_ns`
+    is disabled too.
+    """
+
+    delivery_id: int
+    claim_token: str
+    subscription_id: str
+    attempt: Attempt
+    status: str
+    next_due_ns: int | None
+    now_ns: int
+    disable_reason: str | None = None
+    disable_if_failing_since_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningKey:
+    """A key of tidings' token issuer. Published from `created_ns`, signs from `signs_from_ns`,
+    unpublished at `retires_ns` (None: not yet scheduled). `private_key` is PKCS#8 PEM,
+    encrypted when the operator gives a key for it."""
+
+    kid: str
+    private_key: bytes = field(repr=False)
+    public_jwk: dict[str, Any]
+    created_ns: int
+    signs_from_ns: int
+    retires_ns: int | None = None

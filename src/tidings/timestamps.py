@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from tidings.errors import BadRequest
 
 _RFC3339 = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})",
+    re.ASCII,
 )
 NS = 1_000_000_000
+_MIN_SECONDS = calendar.timegm((1, 1, 1, 0, 0, 0, 0, 0, 0))
+_MAX_SECONDS = calendar.timegm((9999, 12, 31, 23, 59, 59, 0, 0, 0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,9 @@ class Timestamp:
     def render(self) -> str:
         """RFC 3339 in UTC, with as many fractional digits as given."""
         seconds, nanos = divmod(self.ns, NS)
-        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        utc = time.gmtime(seconds)
+        # %Y does not pad years below 1000 on every platform; RFC 3339 needs four digits.
+        text = f"{utc.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%S", utc)
         if self.digits:
             text += "." + f"{nanos:09d}"[: self.digits]
         return text + "Z"
@@ -43,7 +48,7 @@ def parse(text: object, what: str = "time") -> Timestamp:
         raise BadRequest(f"{what} must be an RFC 3339 date-time, got {text!r}")
     year, month, day, hour, minute, second = (int(match.group(i)) for i in range(1, 7))
     fraction, offset = match.group(7) or "", match.group(8)
-    if not (1 <= month <= 12 and 1 <= day <= _days_in(year, month)) or (
+    if not (year >= 1 and 1 <= month <= 12 and 1 <= day <= _days_in(year, month)) or (
         hour > 23 or minute > 59 or second > 59
     ):
         raise BadRequest(f"{what} is not a valid date-time: {text!r}")
@@ -54,6 +59,8 @@ def parse(text: object, what: str = "time") -> Timestamp:
         if off_hours > 23 or off_minutes > 59:
             raise BadRequest(f"{what} has an invalid UTC offset: {text!r}")
         seconds -= sign * (off_hours * 3600 + off_minutes * 60)
+        if not _MIN_SECONDS <= seconds <= _MAX_SECONDS:
+            raise BadRequest(f"{what} lies outside the years 0001 to 9999 in UTC: {text!r}")
     nanos = int(fraction.ljust(9, "0")) if fraction else 0
     return Timestamp(seconds * NS + nanos, len(fraction))
 

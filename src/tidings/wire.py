@@ -25,14 +25,17 @@ DEFAULT_AUDIENCE = "customer"
 JSON = "application/json"
 # Attributes tidings sets itself and renders; a producer may not send them.
 STORED_TIME = "storedtime"
-RESERVED = frozenset({STORED_TIME, "data_base64"})
+RESERVED = frozenset({STORED_TIME, "data", "data_base64"})
 CORE = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype")
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 _NO_SPACE = re.compile(r"[^\s\x00-\x1f\x7f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AUDIENCE = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
 _DATA_KEYS = frozenset({"actor", "body", "previous"})
 _ACTOR_KEYS = frozenset({"subject", "email", "ip"})
 _LIMITS = {"id": 256, "source": 1024, "type": 256, "subject": 1024}
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 
 
 def dumps(value: Any) -> str:
@@ -90,14 +93,19 @@ def parse_batch(obj: Any) -> list[EventInput]:
 def parse_binary(headers: Mapping[str, str], body: bytes) -> EventInput:
     """Validate an event in binary mode: `ce-*` headers, the data as the body.
 
-    Header values are percent-decoded as the CloudEvents HTTP binding says,
-    then validated like any other attribute.
+    Header values are unquoted (if sent as quoted-strings) and percent-decoded
+    as the CloudEvents HTTP binding says, then validated like any other attribute.
     """
     attributes: dict[str, Any] = {}
-    for name, value in headers.items():
+    for name, raw in headers.items():
         lowered = name.lower()
         if not lowered.startswith("ce-"):
             continue
+        value = raw
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
+        if _BAD_ESCAPE.search(value):
+            raise BadRequest(f"header {name} has a '%' not followed by two hex digits")
         try:
             attributes[lowered[3:]] = unquote(value, errors="strict")
         except UnicodeDecodeError as exc:
@@ -129,7 +137,10 @@ def _text(attributes: dict[str, Any], name: str, required: bool) -> str | None:
         raise BadRequest(f"{name} must be a non-empty string")
     if len(value) > _LIMITS[name]:
         raise BadRequest(f"{name} is longer than {_LIMITS[name]} characters")
-    if _NO_SPACE.fullmatch(value) is None and name != "subject":
+    if name == "subject":
+        if _CONTROL.search(value):
+            raise BadRequest("subject must not contain control characters")
+    elif _NO_SPACE.fullmatch(value) is None:
         raise BadRequest(f"{name} must not contain whitespace or control characters")
     return value
 
@@ -214,6 +225,8 @@ def _check_data(data: Any) -> None:
     if "email" in actor and not isinstance(actor["email"], str):
         raise BadRequest("data.actor.email must be a string")
     if "ip" in actor:
+        if not isinstance(actor["ip"], str):  # ip_address() would take an integer
+            raise BadRequest(f"data.actor.ip must be an IP address string, got {actor['ip']!r}")
         try:
             ipaddress.ip_address(actor["ip"])
         except (TypeError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""The application factory: routes, the error mapping, and the storage's lifetime."""
+"""The application factory: routes, the error mapping, and the lifetime of storage and worker."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tidings import __version__
-from tidings.api import access, errors, events, health, types
+from tidings.api import access, errors, events, health, subscriptions, types, wellknown
 from tidings.api.state import AppState
 from tidings.config import Settings
 from tidings.cursors import CursorCodec
+from tidings.issuer import resolve_issuer_url
+from tidings.runtime import Delivery
 from tidings.storage import open_storage
 from tidings.storage.base import Storage
 
@@ -19,7 +21,7 @@ CURSOR_KEY = "cursor-key"
 
 
 def create_app(settings: Settings | None = None, storage: Storage | None = None) -> FastAPI:
-    """A tidings API application; it opens (and migrates) the storage when it starts."""
+    """A tidings API application; on start it opens (and migrates) the storage and starts the worker."""
     settings = settings or Settings.from_env()
     storage = storage or open_storage(settings.database_url, settings.sqlite_synchronous)
     state = AppState(settings=settings, storage=storage)
@@ -27,10 +29,24 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await storage.open()
-        state.cursors = CursorCodec(await storage.secret(CURSOR_KEY))
+        delivery = None
         try:
+            state.cursors = CursorCodec(await storage.secret(CURSOR_KEY))
+            state.issuer_url = await resolve_issuer_url(
+                storage, settings.issuer, settings.public_url
+            )
+            delivery = await Delivery.start(
+                settings, storage, state.issuer_url, state.metrics, state.clock, settings.run_worker
+            )
+            state.issuer, state.transport, state.worker = (
+                delivery.issuer,
+                delivery.transport,
+                delivery.worker,
+            )
             yield
         finally:
+            if delivery is not None:
+                await delivery.stop()
             await storage.close()
 
     app = FastAPI(
@@ -41,6 +57,6 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     )
     app.state.tidings = state
     errors.install(app)
-    for module in (events, access, types, health):
+    for module in (events, subscriptions, access, types, wellknown, health):
         app.include_router(module.router)
     return app

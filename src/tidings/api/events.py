@@ -133,6 +133,7 @@ async def ingest(request: Request) -> Response:
     _authorize(principal.group, events, batch)
     results = await state.storage.ingest(events, state.clock())
     state.metrics.ingested(result.event.type for result in results if result.created)
+    state.wake_worker()
     status = 201 if any(result.created for result in results) else 200
     if batch:
         payload = '{"events":[' + ",".join(r.event.to_json() for r in results) + "]}"
@@ -221,7 +222,7 @@ def _type_filter(values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     for value in values:
         if not value:
             raise BadRequest("type must not be empty")
-        if value.endswith(".*"):
+        if value.endswith(".*") and "*" not in value[:-2]:
             prefixes.append(value[:-1])
         elif "*" in value:
             raise BadRequest(f"type {value!r}: a wildcard is allowed only as a final '.*'")
@@ -230,7 +231,7 @@ def _type_filter(values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(exact), tuple(prefixes)
 
 
-@router.get("/{event_id}", response_class=Response)
+@router.get("/{event_id:path}", response_class=Response)
 async def get_event(
     request: Request,
     event_id: str,

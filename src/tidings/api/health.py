@@ -30,5 +30,9 @@ async def readyz(request: Request) -> dict[str, str] | Response:
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """Metrics in the Prometheus text format."""
-    registry = state_of(request).metrics.registry
+    state = state_of(request)
+    now = state.clock()
+    due, in_flight, oldest = await state.storage.delivery_backlog(now)
+    state.metrics.backlog(due, in_flight, 0.0 if oldest is None else max(0, now - oldest) / 1e9)
+    registry = state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

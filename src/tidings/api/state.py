@@ -1,10 +1,11 @@
-"""What the routes share: the settings, the storage, the cursor codec and the clock."""
+"""What the routes share: settings, storage, cursor codec, clock, issuer, transport and worker."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
@@ -12,6 +13,11 @@ from tidings.config import Settings
 from tidings.cursors import CursorCodec
 from tidings.metrics import Metrics
 from tidings.storage.base import Storage
+
+if TYPE_CHECKING:
+    from tidings.delivery.transport import Transport
+    from tidings.delivery.worker import Worker
+    from tidings.issuer import Issuer
 
 
 @dataclass(kw_only=True)
@@ -23,6 +29,15 @@ class AppState:
     cursors: CursorCodec = field(default_factory=lambda: CursorCodec(b""))
     clock: Callable[[], int] = time.time_ns
     metrics: Metrics = field(default_factory=Metrics)
+    issuer_url: str = ""
+    issuer: Issuer | None = None
+    transport: Transport | None = None
+    worker: Worker | None = None
+
+    def wake_worker(self) -> None:
+        """Tell the in-process worker (if any) that deliveries are due."""
+        if self.worker is not None:
+            self.worker.wake()
 
 
 def state_of(request: Request) -> AppState:

@@ -11,7 +11,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from tidings.model import EventInput, EventQuery, Group, Ingested, StoredEvent, Token
+from tidings.model import (
+    AttemptResult,
+    Claim,
+    Delivery,
+    EventInput,
+    EventQuery,
+    Group,
+    Ingested,
+    SigningKey,
+    StoredEvent,
+    Subscription,
+    Token,
+)
 
 
 class Storage(ABC):
@@ -79,3 +91,77 @@ class Storage(ABC):
     @abstractmethod
     async def delete_token(self, scope: str, token_id: str) -> bool:
         """Delete a token in the subtree of `scope`; whether one was deleted."""
+
+    @abstractmethod
+    async def setting(self, name: str, default: str | None = None) -> str | None:
+        """A stored setting; if absent and `default` is given, store and return `default`."""
+
+    @abstractmethod
+    async def put_setting(self, name: str, value: str) -> None:
+        """Store a setting, replacing any earlier value."""
+
+    @abstractmethod
+    async def signing_keys(self) -> list[SigningKey]:
+        """Every signing key of the issuer, oldest first."""
+
+    @abstractmethod
+    async def add_signing_key(self, key: SigningKey, retire_others_ns: int | None) -> None:
+        """Store a new key; schedule every earlier unscheduled key to retire at `retire_others_ns`."""
+
+    @abstractmethod
+    async def remove_retired_keys(self, now_ns: int) -> int:
+        """Delete keys retired before `now_ns`; return how many."""
+
+    @abstractmethod
+    async def create_subscription(
+        self, sub: Subscription, events: Sequence[EventInput], now_ns: int
+    ) -> list[Ingested]:
+        """Store a subscription and ingest `events` (its audit events) in one transaction."""
+
+    @abstractmethod
+    async def update_subscription(self, sub: Subscription) -> None:
+        """Replace a subscription's mutable fields."""
+
+    @abstractmethod
+    async def delete_subscription(
+        self, sub_id: str, events: Sequence[EventInput], now_ns: int
+    ) -> list[Ingested] | None:
+        """Delete a subscription (and its deliveries) and ingest `events`; None if absent."""
+
+    @abstractmethod
+    async def subscription(self, sub_id: str) -> Subscription | None:
+        """A subscription by id."""
+
+    @abstractmethod
+    async def subscriptions(self, scope: str) -> list[Subscription]:
+        """The subscriptions of the subtree of `scope`."""
+
+    @abstractmethod
+    async def claim_deliveries(self, now_ns: int, lease_ns: int, limit: int) -> list[Claim]:
+        """Claim up to `limit` due deliveries under a lease of `lease_ns`, with a claim token."""
+
+    @abstractmethod
+    async def record_attempt(self, result: AttemptResult) -> bool:
+        """Record an attempt and its consequences; False (nothing recorded) if the lease was lost."""
+
+    @abstractmethod
+    async def deliveries(
+        self, sub_id: str, status: str | None, after: int | None, limit: int
+    ) -> list[Delivery]:
+        """A subscription's deliveries, newest first, below the id `after`."""
+
+    @abstractmethod
+    async def delivery(self, delivery_id: int) -> Delivery | None:
+        """One delivery with its attempts."""
+
+    @abstractmethod
+    async def retry_delivery(self, delivery_id: int, now_ns: int) -> bool:
+        """Queue a finished delivery again with a fresh schedule; False if still pending."""
+
+    @abstractmethod
+    async def replay(self, sub: Subscription, since_ns: int, now_ns: int) -> int:
+        """Queue every matching event stored since `since_ns`; return how many."""
+
+    @abstractmethod
+    async def delivery_backlog(self, now_ns: int) -> tuple[int, int, int | None]:
+        """(due, in flight, the oldest due delivery's due time in ns)."""

@@ -9,13 +9,29 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import uuid6
 
 from tidings import groups
 from tidings.errors import Conflict
-from tidings.model import EventInput, EventQuery, Group, Ingested, StoredEvent, Token
+from tidings.model import (
+    EventInput,
+    EventQuery,
+    Group,
+    Ingested,
+    SigningKey,
+    StoredEvent,
+    Subscription,
+    Token,
+)
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
+from tidings.storage.sqlite_delivery import (
+    FanOut,
+    SQLiteDeliveries,
+    insert_subscription,
+    update_subscription,
+)
 from tidings.storage.sqlite_engine import SQLiteEngine, connect
 from tidings.timestamps import from_ns
 from tidings.wire import render_attributes
@@ -53,32 +69,53 @@ def prefix_range(prefix: str) -> tuple[str, str]:
     return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
+def split_statements(script: str) -> list[str]:
+    """The complete SQL statements of a script, in order."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip() and not all(
+        part.strip().startswith("--") or not part.strip() for part in current.splitlines()
+    ):
+        raise ValueError(f"incomplete SQL statement in a migration: {current.strip()[:80]!r}")
+    return statements
+
+
 def apply_migrations(path: str) -> list[str]:
-    """Apply the pending migrations to the database at `path`; return their names."""
+    """Apply the pending migrations to the database at `path`, atomically; return their names.
+
+    The write lock is taken before reading which migrations are applied, so two
+    processes migrating one file at once apply each migration exactly once.
+    """
     conn = connect(path)
     try:
         conn.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_ns INTEGER)"
         )
-        done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
-        applied = []
-        for name, sql in migration_files("sqlite"):
-            if name in done:
-                continue
-            record = f"INSERT INTO schema_migrations VALUES ('{name}', {time.time_ns()});"
-            try:
-                conn.executescript(f"BEGIN IMMEDIATE;\n{sql}\n{record}\nCOMMIT;")
-            except Exception:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            applied.append(name)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = {row[0] for row in conn.execute("SELECT name FROM schema_migrations")}
+            applied = []
+            for name, sql in migration_files("sqlite"):
+                if name in done:
+                    continue
+                for statement in split_statements(sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time_ns()))
+                applied.append(name)
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK")
+            raise
         return applied
     finally:
         conn.close()
 
 
-class SQLiteStorage(Storage):
+class SQLiteStorage(SQLiteDeliveries, Storage):
     """Storage in one SQLite file."""
 
     def __init__(self, path: str, synchronous: str = "FULL"):
@@ -215,9 +252,106 @@ class SQLiteStorage(Storage):
 
         return await self._engine.write(delete)
 
+    async def setting(self, name: str, default: str | None = None) -> str | None:
+        def get(conn: sqlite3.Connection) -> str | None:
+            if default is not None:
+                conn.execute(
+                    "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                    (name, default),
+                )
+            row = conn.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+            return None if row is None else str(row[0])
+
+        if default is None:
+            return await self._engine.read(get)
+        return await self._engine.write(get)
+
+    async def put_setting(self, name: str, value: str) -> None:
+        await self._engine.write(
+            lambda conn: conn.execute(
+                "INSERT INTO settings (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, value),
+            )
+        )
+
+    async def signing_keys(self) -> list[SigningKey]:
+        rows = await self._engine.read(
+            lambda conn: conn.execute(
+                "SELECT kid, private_key, public_jwk, created_ns, signs_from_ns, retires_ns"
+                " FROM signing_keys ORDER BY created_ns, kid"
+            ).fetchall()
+        )
+        return [
+            SigningKey(
+                kid=row[0],
+                private_key=bytes(row[1]),
+                public_jwk=orjson.loads(row[2]),
+                created_ns=row[3],
+                signs_from_ns=row[4],
+                retires_ns=row[5],
+            )
+            for row in rows
+        ]
+
+    async def add_signing_key(self, key: SigningKey, retire_others_ns: int | None) -> None:
+        def add(conn: sqlite3.Connection) -> None:
+            if retire_others_ns is not None:
+                conn.execute(
+                    "UPDATE signing_keys SET retires_ns = ? WHERE retires_ns IS NULL",
+                    (retire_others_ns,),
+                )
+            conn.execute(
+                "INSERT INTO signing_keys VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    key.kid,
+                    key.private_key,
+                    orjson.dumps(key.public_jwk).decode(),
+                    key.created_ns,
+                    key.signs_from_ns,
+                    key.retires_ns,
+                ),
+            )
+
+        await self._engine.write(add)
+
+    async def remove_retired_keys(self, now_ns: int) -> int:
+        return await self._engine.write(
+            lambda conn: (
+                conn.execute(
+                    "DELETE FROM signing_keys WHERE retires_ns IS NOT NULL AND retires_ns <= ?",
+                    (now_ns,),
+                ).rowcount
+            )
+        )
+
+    async def create_subscription(
+        self, sub: Subscription, events: Sequence[EventInput], now_ns: int
+    ) -> list[Ingested]:
+        def create(conn: sqlite3.Connection) -> list[Ingested]:
+            insert_subscription(conn, sub)
+            return _ingest(conn, events, now_ns)
+
+        return await self._engine.write(create)
+
+    async def update_subscription(self, sub: Subscription) -> None:
+        await self._engine.write(lambda conn: update_subscription(conn, sub))
+
+    async def delete_subscription(
+        self, sub_id: str, events: Sequence[EventInput], now_ns: int
+    ) -> list[Ingested] | None:
+        def delete(conn: sqlite3.Connection) -> list[Ingested] | None:
+            if not conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,)).rowcount:
+                return None
+            return _ingest(conn, events, now_ns)
+
+        return await self._engine.write(delete)
+
 
 def _ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
+    """Store events and queue their deliveries in the caller's transaction (the outbox)."""
     results: list[Ingested] = []
+    fan_out = FanOut(conn)
     for index, event in enumerate(events):
         tenant = groups.root_of(event.group)
         event_id = event.id or str(uuid6.uuid7())
@@ -252,6 +386,7 @@ def _ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int)
             "INSERT INTO event_scopes (scope, position) VALUES (?, ?)",
             [(scope, position) for scope in groups.ancestors(event.group)[1:]],
         )
+        fan_out.enqueue(position, event, now_ns)
         stored = StoredEvent(
             position=position,
             id=event_id,

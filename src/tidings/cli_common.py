@@ -1,0 +1,79 @@
+"""What the `tidings` subcommands share: consoles, API options, error reporting, database access."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+
+from tidings.client import ApiError, Client
+from tidings.config import Settings
+from tidings.errors import TidingsError
+from tidings.storage import open_storage
+from tidings.storage.base import Storage
+
+T = TypeVar("T")
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+err = Console(stderr=True)
+out = Console()
+
+UrlOption = Annotated[str, typer.Option("--url", envvar="TIDINGS_URL", help="The API's base URL.")]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="TIDINGS_TOKEN", help="An API token.", show_default=False),
+]
+
+
+def fail(message: str) -> typer.Exit:
+    """Print an error on stderr; return the Exit(1) to raise."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+def with_storage(work: Callable[[Storage], Coroutine[Any, Any, T]]) -> T:
+    """Open the configured database (migrating it), run `work`, close it."""
+
+    async def run() -> T:
+        storage = open_storage(Settings.from_env().database_url)
+        await storage.open()
+        try:
+            return await work(storage)
+        finally:
+            await storage.close()
+
+    try:
+        return asyncio.run(run())
+    except TidingsError as exc:
+        raise fail(exc.message) from exc
+
+
+def client_for(url: str, token: str | None) -> Client:
+    """An API client, or a clear error when no token is given."""
+    if not token:
+        raise fail("an API token is needed: pass --token or set TIDINGS_TOKEN")
+    return Client(url, token)
+
+
+def call(fn: Callable[[], T]) -> T:
+    """Run an API call; turn its errors into a message and exit code 1."""
+    try:
+        return fn()
+    except ApiError as exc:
+        detail = "".join(f"\n  {json.dumps(d)}" for d in exc.details)
+        raise fail(f"{exc.message} ({exc.status}){detail}") from exc
+    except (OSError, httpx.TransportError) as exc:
+        raise fail(f"cannot reach the API: {exc}") from exc
+
+
+def checked(fn: Callable[[], T]) -> T:
+    """Run `fn`; turn a TidingsError (bad input) into a message and exit code 1."""
+    try:
+        return fn()
+    except TidingsError as exc:
+        raise fail(exc.message) from exc

@@ -1,0 +1,1 @@
+"""Delivery: subscriptions receive events as HTTP requests, retried until they land."""

@@ -1,0 +1,445 @@
+"""The SQLite backend's subscriptions and deliveries: fan-out, claims under a lease, attempts."""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from tidings import groups
+from tidings.model import (
+    Attempt,
+    AttemptResult,
+    Claim,
+    Delivery,
+    EventInput,
+    Ingested,
+    StoredEvent,
+    Subscription,
+)
+from tidings.storage.sqlite_engine import SQLiteEngine
+
+_SUBSCRIPTION_COLUMNS = (
+    "id, group_path, kind, sink, types, subject_prefix, description, state, state_reason,"
+    " slack_username, slack_icon, signing_secret, roles, failing_since_ns, created_ns, updated_ns"
+)
+_DELIVERY_COLUMNS = (
+    "d.id, d.subscription_id, d.event_position, d.status, d.attempts, d.due_ns, d.created_ns,"
+    " d.updated_ns, e.id, e.source, e.type"
+)
+_DELIVERY_FROM = "deliveries d JOIN events e ON e.position = d.event_position"
+
+
+def subscription_from_row(row: Sequence[Any]) -> Subscription:
+    """A Subscription from a row of `_SUBSCRIPTION_COLUMNS`."""
+    return Subscription(
+        id=row[0],
+        group=row[1],
+        kind=row[2],
+        sink=row[3],
+        types=tuple(orjson.loads(row[4])),
+        subject_prefix=row[5],
+        description=row[6],
+        state=row[7],
+        state_reason=row[8],
+        slack_username=row[9],
+        slack_icon=row[10],
+        signing_secret=row[11],
+        roles=tuple(row[12].split(",")) if row[12] else (),
+        failing_since_ns=row[13],
+        created_ns=row[14],
+        updated_ns=row[15],
+    )
+
+
+def _subscription_values(sub: Subscription) -> tuple[Any, ...]:
+    return (
+        sub.id,
+        sub.group,
+        groups.root_of(sub.group),
+        sub.kind,
+        sub.sink,
+        orjson.dumps(list(sub.types)).decode(),
+        sub.subject_prefix,
+        sub.description,
+        sub.state,
+        sub.state_reason,
+        sub.slack_username,
+        sub.slack_icon,
+        sub.signing_secret,
+        ",".join(sub.roles),
+        sub.failing_since_ns,
+        sub.created_ns,
+        sub.updated_ns,
+    )
+
+
+class FanOut:
+    """Finds the active subscriptions an event goes to, within one write transaction."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self._conn = conn
+        self._by_group: dict[str, list[Subscription]] = {}
+
+    def _active_above(self, group: str) -> list[Subscription]:
+        found = self._by_group.get(group)
+        if found is None:
+            scopes = groups.ancestors(group)
+            rows = self._conn.execute(
+                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions"
+                f" WHERE state = 'active' AND group_path IN ({','.join('?' * len(scopes))})",
+                scopes,
+            ).fetchall()
+            found = self._by_group[group] = [subscription_from_row(row) for row in rows]
+        return found
+
+    def enqueue(self, position: int, event: EventInput, now_ns: int) -> int:
+        """Queue the event for every matching subscription; return how many."""
+        targets = [
+            sub.id
+            for sub in self._active_above(event.group)
+            if sub.matches(event.type, event.subject)
+        ]
+        if targets:
+            self._conn.executemany(
+                "INSERT INTO deliveries (subscription_id, event_position, status, due_ns, created_ns,"
+                " updated_ns) VALUES (?, ?, 'pending', ?, ?, ?)",
+                [(sub_id, position, now_ns, now_ns, now_ns) for sub_id in targets],
+            )
+        return len(targets)
+
+
+def insert_subscription(conn: sqlite3.Connection, sub: Subscription) -> None:
+    """Insert a new subscription."""
+    conn.execute(
+        "INSERT INTO subscriptions (id, group_path, tenant, kind, sink, types, subject_prefix,"
+        " description, state, state_reason, slack_username, slack_icon, signing_secret, roles,"
+        " failing_since_ns, created_ns, updated_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        _subscription_values(sub),
+    )
+
+
+def update_subscription(conn: sqlite3.Connection, sub: Subscription) -> None:
+    """Replace a subscription's mutable fields."""
+    conn.execute(
+        "UPDATE subscriptions SET sink = ?, types = ?, subject_prefix = ?, description = ?,"
+        " state = ?, state_reason = ?, slack_username = ?, slack_icon = ?, failing_since_ns = ?,"
+        " updated_ns = ? WHERE id = ?",
+        (
+            sub.sink,
+            orjson.dumps(list(sub.types)).decode(),
+            sub.subject_prefix,
+            sub.description,
+            sub.state,
+            sub.state_reason,
+            sub.slack_username,
+            sub.slack_icon,
+            sub.failing_since_ns,
+            sub.updated_ns,
+            sub.id,
+        ),
+    )
+
+
+def get_subscription(conn: sqlite3.Connection, sub_id: str) -> Subscription | None:
+    """A subscription by id."""
+    row = conn.execute(
+        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?", (sub_id,)
+    ).fetchone()
+    return None if row is None else subscription_from_row(row)
+
+
+def list_subscriptions(conn: sqlite3.Connection, scope: str) -> list[Subscription]:
+    """The subscriptions of `scope` and every group below it."""
+    low, high = groups.subtree_bounds(scope)
+    rows = conn.execute(
+        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant = ?"
+        " AND (group_path = ? OR (group_path >= ? AND group_path < ?)) ORDER BY created_ns, id",
+        (groups.root_of(scope), scope, low, high),
+    ).fetchall()
+    return [subscription_from_row(row) for row in rows]
+
+
+def claim(conn: sqlite3.Connection, now_ns: int, lease_ns: int, limit: int) -> list[Claim]:
+    """Claim up to `limit` due deliveries under a lease; fail those of disabled subscriptions."""
+    token = secrets.token_hex(16)
+    rows = conn.execute(
+        "UPDATE deliveries SET claim_token = ?, due_ns = ?, updated_ns = ? WHERE id IN ("
+        " SELECT id FROM deliveries WHERE status = 'pending' AND due_ns <= ? ORDER BY due_ns LIMIT ?)"
+        " RETURNING id, subscription_id, event_position, attempts",
+        (token, now_ns + lease_ns, now_ns, now_ns, limit),
+    ).fetchall()
+    if not rows:
+        return []
+    sub_ids = sorted({row[1] for row in rows})
+    positions = sorted({row[2] for row in rows})
+    subs = {
+        row[0]: subscription_from_row(row)
+        for row in conn.execute(
+            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions"
+            f" WHERE id IN ({','.join('?' * len(sub_ids))})",
+            sub_ids,
+        )
+    }
+    events = {
+        row[0]: StoredEvent(
+            position=row[0],
+            id=row[1],
+            source=row[2],
+            type=row[3],
+            group=row[4],
+            attributes=row[5],
+            data=row[6],
+        )
+        for row in conn.execute(
+            "SELECT position, id, source, type, group_path, attributes, data FROM events"
+            f" WHERE position IN ({','.join('?' * len(positions))})",
+            positions,
+        )
+    }
+    claims: list[Claim] = []
+    orphans: list[tuple[int, int]] = []
+    for delivery_id, sub_id, position, attempts in rows:
+        sub, event = subs.get(sub_id), events.get(position)
+        if sub is None or event is None or sub.state != "active":
+            orphans.append((now_ns, delivery_id))
+            continue
+        claims.append(
+            Claim(
+                delivery_id=delivery_id,
+                claim_token=token,
+                attempts=attempts,
+                subscription=sub,
+                event=event,
+            )
+        )
+    if orphans:
+        conn.executemany(
+            "UPDATE deliveries SET status = 'failed', claim_token = NULL, updated_ns = ? WHERE id = ?",
+            orphans,
+        )
+    return claims
+
+
+def record(conn: sqlite3.Connection, result: AttemptResult) -> bool:
+    """Record an attempt if the claim still holds; False when the lease was lost."""
+    held = conn.execute(
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, due_ns = ?, claim_token = NULL,"
+        " updated_ns = ? WHERE id = ? AND claim_token = ? AND status = 'pending' AND due_ns > ?",
+        (
+            result.status,
+            result.next_due_ns if result.next_due_ns is not None else result.now_ns,
+            result.now_ns,
+            result.delivery_id,
+            result.claim_token,
+            result.now_ns,
+        ),
+    ).rowcount
+    if not held:
+        return False
+    attempt = result.attempt
+    # A retried delivery starts its schedule afresh (attempts = 0), but its log goes on:
+    # the logged number follows the attempts already recorded.
+    conn.execute(
+        "INSERT INTO delivery_attempts (delivery_id, number, started_ns, status_code, latency_ms,"
+        " error, response) VALUES (?, max(?, (SELECT coalesce(max(number), 0) + 1"
+        " FROM delivery_attempts WHERE delivery_id = ?)), ?, ?, ?, ?, ?)",
+        (
+            result.delivery_id,
+            attempt.number,
+            result.delivery_id,
+            attempt.started_ns,
+            attempt.status_code,
+            attempt.latency_ms,
+            attempt.error,
+            attempt.response,
+        ),
+    )
+    if result.status == "delivered":
+        conn.execute(
+            "UPDATE subscriptions SET failing_since_ns = NULL WHERE id = ? AND failing_since_ns IS NOT NULL",
+            (result.subscription_id,),
+        )
+        return True
+    conn.execute(
+        "UPDATE subscriptions SET failing_since_ns = ? WHERE id = ? AND failing_since_ns IS NULL",
+        (result.now_ns, result.subscription_id),
+    )
+    reason = result.disable_reason
+    if reason is None and result.disable_if_failing_since_ns is not None:
+        failing = conn.execute(
+            "SELECT 1 FROM subscriptions WHERE id = ? AND failing_since_ns <= ?",
+            (result.subscription_id, result.disable_if_failing_since_ns),
+        ).fetchone()
+        if failing:
+            reason = "every delivery has failed for 5 days"
+    if reason is not None:
+        conn.execute(
+            "UPDATE subscriptions SET state = 'disabled', state_reason = ?, updated_ns = ?"
+            " WHERE id = ? AND state = 'active'",
+            (reason, result.now_ns, result.subscription_id),
+        )
+    return True
+
+
+def list_deliveries(
+    conn: sqlite3.Connection, sub_id: str, status: str | None, after: int | None, limit: int
+) -> list[Delivery]:
+    """A subscription's deliveries, newest first, each with its attempts."""
+    sql = f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.subscription_id = ?"
+    params: list[Any] = [sub_id]
+    if status is not None:
+        sql += " AND d.status = ?"
+        params.append(status)
+    if after is not None:
+        sql += " AND d.id < ?"
+        params.append(after)
+    sql += " ORDER BY d.id DESC LIMIT ?"
+    params.append(limit)
+    rows = conn.execute(sql, params).fetchall()
+    return [_with_attempts(conn, row) for row in rows]
+
+
+def get_delivery(conn: sqlite3.Connection, delivery_id: int) -> Delivery | None:
+    """One delivery with its attempts."""
+    row = conn.execute(
+        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.id = ?", (delivery_id,)
+    ).fetchone()
+    return None if row is None else _with_attempts(conn, row)
+
+
+def _with_attempts(conn: sqlite3.Connection, row: Sequence[Any]) -> Delivery:
+    attempts = tuple(
+        Attempt(
+            number=a[0],
+            started_ns=a[1],
+            status_code=a[2],
+            latency_ms=a[3],
+            error=a[4],
+            response=a[5],
+        )
+        for a in conn.execute(
+            "SELECT number, started_ns, status_code, latency_ms, error, response FROM delivery_attempts"
+            " WHERE delivery_id = ? ORDER BY number",
+            (row[0],),
+        )
+    )
+    return Delivery(
+        id=row[0],
+        subscription_id=row[1],
+        event_position=row[2],
+        status=row[3],
+        attempts=row[4],
+        due_ns=row[5],
+        created_ns=row[6],
+        updated_ns=row[7],
+        event_id=row[8],
+        event_source=row[9],
+        event_type=row[10],
+        attempt_log=attempts,
+    )
+
+
+def retry(conn: sqlite3.Connection, delivery_id: int, now_ns: int) -> bool:
+    """Queue a finished delivery again, at once, with a fresh schedule."""
+    return (
+        conn.execute(
+            "UPDATE deliveries SET status = 'pending', attempts = 0, due_ns = ?, claim_token = NULL,"
+            " updated_ns = ? WHERE id = ? AND status != 'pending'",
+            (now_ns, now_ns, delivery_id),
+        ).rowcount
+        > 0
+    )
+
+
+def replay(conn: sqlite3.Connection, sub: Subscription, since_ns: int, now_ns: int) -> int:
+    """Queue every stored event of the subscription's subtree stored since `since_ns` that matches it."""
+    tenant = groups.root_of(sub.group)
+    if sub.group == tenant:
+        rows = conn.execute(
+            "SELECT position, type, subject FROM events WHERE tenant = ? AND stored_ns >= ? ORDER BY position",
+            (tenant, since_ns),
+        )
+    else:
+        rows = conn.execute(
+            "SELECT e.position, e.type, e.subject FROM event_scopes s JOIN events e ON e.position = s.position"
+            " WHERE s.scope = ? AND e.stored_ns >= ? ORDER BY s.position",
+            (sub.group, since_ns),
+        )
+    queued = [
+        (sub.id, position, now_ns, now_ns, now_ns)
+        for position, type_, subject in rows
+        if sub.matches(type_, subject)
+    ]
+    conn.executemany(
+        "INSERT INTO deliveries (subscription_id, event_position, status, due_ns, created_ns, updated_ns)"
+        " VALUES (?, ?, 'pending', ?, ?, ?)",
+        queued,
+    )
+    return len(queued)
+
+
+def backlog(conn: sqlite3.Connection, now_ns: int) -> tuple[int, int, int | None]:
+    """(due, in flight, the oldest due delivery's due time) across all subscriptions."""
+    due, oldest = conn.execute(
+        "SELECT count(*), min(due_ns) FROM deliveries WHERE status = 'pending' AND due_ns <= ?"
+        " AND claim_token IS NULL",
+        (now_ns,),
+    ).fetchone()
+    in_flight = conn.execute(
+        "SELECT count(*) FROM deliveries WHERE status = 'pending' AND claim_token IS NOT NULL AND due_ns > ?",
+        (now_ns,),
+    ).fetchone()[0]
+    return int(due), int(in_flight), oldest
+
+
+class SQLiteDeliveries:
+    """The subscription and delivery methods of the SQLite storage."""
+
+    _engine: SQLiteEngine
+
+    async def subscription(self, sub_id: str) -> Subscription | None:
+        """A subscription by id."""
+        return await self._engine.read(lambda conn: get_subscription(conn, sub_id))
+
+    async def subscriptions(self, scope: str) -> list[Subscription]:
+        """The subscriptions in the subtree of `scope`."""
+        return await self._engine.read(lambda conn: list_subscriptions(conn, scope))
+
+    async def claim_deliveries(self, now_ns: int, lease_ns: int, limit: int) -> list[Claim]:
+        """Claim due deliveries under a lease."""
+        return await self._engine.write(lambda conn: claim(conn, now_ns, lease_ns, limit))
+
+    async def record_attempt(self, result: AttemptResult) -> bool:
+        """Record an attempt; False if the claim was lost."""
+        return await self._engine.write(lambda conn: record(conn, result))
+
+    async def deliveries(
+        self, sub_id: str, status: str | None, after: int | None, limit: int
+    ) -> list[Delivery]:
+        """A subscription's deliveries, newest first."""
+        return await self._engine.read(
+            lambda conn: list_deliveries(conn, sub_id, status, after, limit)
+        )
+
+    async def delivery(self, delivery_id: int) -> Delivery | None:
+        """One delivery."""
+        return await self._engine.read(lambda conn: get_delivery(conn, delivery_id))
+
+    async def retry_delivery(self, delivery_id: int, now_ns: int) -> bool:
+        """Queue a finished delivery again; False if it is still pending or absent."""
+        return await self._engine.write(lambda conn: retry(conn, delivery_id, now_ns))
+
+    async def replay(self, sub: Subscription, since_ns: int, now_ns: int) -> int:
+        """Queue the subscription's matching events stored since `since_ns`."""
+        return await self._engine.write(lambda conn: replay(conn, sub, since_ns, now_ns))
+
+    async def delivery_backlog(self, now_ns: int) -> tuple[int, int, int | None]:
+        """(due, in flight, oldest due time)."""
+        return await self._engine.read(lambda conn: backlog(conn, now_ns))
+
+
+__all__ = ["FanOut", "Ingested", "SQLiteDeliveries", "insert_subscription", "update_subscription"]
