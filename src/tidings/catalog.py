@@ -1,17 +1,38 @@
-"""The catalog of event types: each with a description and examples.
+"""The catalog of event types: descriptions, JSON Schemas of the body, examples, and validation.
 
-The 46 Chainguard types are built in, from every example of the two Chainguard
-documents (`data/chainguard-examples.json`); 16 types appear in both, so a
-type may carry several examples.
+Types come from three places, merged per tenant: built in (the 46 Chainguard
+types, from every example of the two Chainguard documents; 16 appear in both,
+so a type may carry several examples), the operator's catalog file
+(`TIDINGS_CATALOG`, YAML or JSON, for every tenant), and each tenant's own
+(`POST /v1/types`). A type's body schema is enforced by its validation mode:
+`strict` refuses a non-conforming event (422, naming the JSON pointer and the
+rule), `warn` stores it marked with a `validationerror` attribute, `off`
+ignores the schema. The mode is set per type, else per tenant, else `warn`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from tidings import groups
+from tidings.errors import BadRequest, Unprocessable
+from tidings.model import EventInput
+
+MODES = ("strict", "warn", "off")
+DEFAULT_MODE = "warn"
+VALIDATION_ERROR = "validationerror"
+TENANT_MODE_SETTING = "validation:"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -20,35 +41,64 @@ class EventType:
 
     type: str
     description: str
-    service: str
-    method: str
-    source: str
-    examples: tuple[dict[str, Any], ...]
+    schema: dict[str, Any] | None = None
+    examples: tuple[dict[str, Any], ...] = ()
+    validation: str | None = None
+    origin: str = "builtin"
+    service: str | None = None
+    method: str | None = None
+    source: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, effective_mode: str | None = None) -> dict[str, Any]:
         """The JSON form served by `GET /v1/types`."""
-        return {
+        body: dict[str, Any] = {
             "type": self.type,
             "description": self.description,
-            "service": self.service,
-            "method": self.method,
-            "source": self.source,
-            "example": self.examples[0],
+            "origin": self.origin,
+            "schema": self.schema,
+            "example": self.examples[0] if self.examples else None,
             "examples": list(self.examples),
+            "validation": effective_mode or self.validation or DEFAULT_MODE,
         }
+        for name in ("service", "method", "source"):
+            if getattr(self, name) is not None:
+                body[name] = getattr(self, name)
+        return body
+
+
+def check_mode(mode: object, what: str = "validation") -> str:
+    """A validation mode, or BadRequest."""
+    if mode not in MODES:
+        raise BadRequest(f"{what} must be one of {list(MODES)}, got {mode!r}")
+    return str(mode)
+
+
+def check_schema(schema: object, what: str = "schema") -> dict[str, Any]:
+    """A valid JSON Schema (draft 2020-12) object, or BadRequest saying what is wrong."""
+    if not isinstance(schema, dict):
+        raise BadRequest(f"{what} must be a JSON Schema object")
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        raise BadRequest(f"{what} is not a valid JSON Schema: {exc.message}") from exc
+    return schema
+
+
+def _resource(name: str) -> Any:
+    return json.loads(resources.files("tidings.data").joinpath(name).read_text("utf-8"))
 
 
 @cache
 def chainguard_examples() -> list[dict[str, Any]]:
     """Every example event of the Chainguard documents, as parsed from them."""
-    text = resources.files("tidings.data").joinpath("chainguard-examples.json").read_text("utf-8")
-    examples: list[dict[str, Any]] = json.loads(text)["examples"]
+    examples: list[dict[str, Any]] = _resource("chainguard-examples.json")["examples"]
     return examples
 
 
 @cache
 def builtin_types() -> dict[str, EventType]:
     """The built-in types by name, in the order the documents list them."""
+    schemas: dict[str, dict[str, Any]] = _resource("chainguard-schemas.json")["schemas"]
     grouped: dict[str, list[dict[str, Any]]] = {}
     for example in chainguard_examples():
         grouped.setdefault(example["ce_type"], []).append(example)
@@ -63,6 +113,162 @@ def builtin_types() -> dict[str, EventType]:
             service=first["service"],
             method=first["method"],
             source=first["ce_source"],
+            schema=schemas.get(name),
             examples=tuple(example["data"] for example in examples),
         )
     return types
+
+
+def type_from_spec(spec: dict[str, Any], origin: str) -> EventType:
+    """An event type from its JSON/YAML description: type, description, schema, example, validation."""
+    name = spec.get("type")
+    if not isinstance(name, str) or not name or any(c.isspace() for c in name) or len(name) > 256:
+        raise BadRequest(f"type must be a non-empty name without spaces, got {name!r}")
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        raise BadRequest(f"{name}: description must be a string")
+    schema = None if spec.get("schema") is None else check_schema(spec["schema"], f"{name}: schema")
+    example = spec.get("example")
+    examples: tuple[dict[str, Any], ...] = ()
+    if example is not None:
+        if not isinstance(example, dict) or not isinstance(example.get("body"), dict):
+            raise BadRequest(
+                f"{name}: example must be event data, an object with 'actor' and 'body'"
+            )
+        if schema is not None:
+            errors = body_errors(schema, example["body"])
+            if errors:
+                raise Unprocessable(
+                    f"{name}: the example does not match the schema: {errors[0]['message']}", errors
+                )
+        examples = (example,)
+    mode = spec.get("validation")
+    return EventType(
+        type=name,
+        description=description,
+        schema=schema,
+        examples=examples,
+        validation=None if mode is None else check_mode(mode, f"{name}: validation"),
+        origin=origin,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogFile:
+    """The operator's catalog: types for every tenant, and a default validation mode."""
+
+    types: dict[str, EventType] = field(default_factory=dict)
+    validation: str | None = None
+
+
+def load_catalog_file(path: str | Path) -> CatalogFile:
+    """Read a catalog file (YAML or JSON): `{"validation": mode?, "types": [{type, ...}, ...]}`."""
+    text = Path(path).read_text("utf-8")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"the catalog file {path} is not valid YAML or JSON: {exc}") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("types", []), list):
+        raise ValueError(f"the catalog file {path} must be an object with a list 'types'")
+    try:
+        types = [type_from_spec(spec, "catalog") for spec in document.get("types", [])]
+        mode = None if document.get("validation") is None else check_mode(document["validation"])
+    except (BadRequest, Unprocessable) as exc:
+        raise ValueError(f"the catalog file {path}: {exc.message}") from exc
+    return CatalogFile({t.type: t for t in types}, mode)
+
+
+@cache
+def _validator(schema_json: str) -> Draft202012Validator:
+    return Draft202012Validator(json.loads(schema_json))
+
+
+def body_errors(schema: dict[str, Any], body: Any) -> list[dict[str, Any]]:
+    """Where `body` breaks `schema`: JSON pointers (within the event), rules and messages."""
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    errors = []
+    for error in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path)):
+        pointer = "/data/body" + "".join(
+            f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in error.absolute_path
+        )
+        errors.append(
+            {
+                "pointer": pointer,
+                "rule": str(error.validator),
+                "message": f"{pointer}: {error.message} ({error.validator})",
+            }
+        )
+    return errors
+
+
+class Catalog:
+    """The merged catalog of each tenant, cached for `ttl_s`, and the validation it enforces."""
+
+    def __init__(
+        self,
+        storage: Any,
+        catalog_file: CatalogFile | None = None,
+        ttl_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.storage = storage
+        self.file = catalog_file or CatalogFile()
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._cache: dict[str, tuple[float, dict[str, EventType], str]] = {}
+
+    def invalidate(self, tenant: str) -> None:
+        """Forget a tenant's cached catalog (after it changed)."""
+        self._cache.pop(tenant, None)
+
+    async def for_tenant(self, tenant: str) -> tuple[dict[str, EventType], str]:
+        """The tenant's types by name (built in, file, own), and its default mode."""
+        cached = self._cache.get(tenant)
+        if cached is not None and self.clock() - cached[0] < self.ttl_s:
+            return cached[1], cached[2]
+        types = dict(builtin_types())
+        types.update(self.file.types)
+        for own in await self.storage.tenant_types(tenant):
+            base = types.get(own.type)
+            if base is not None:  # a tenant's setting for a built-in or catalog-file type
+                types[own.type] = replace(base, validation=own.validation or base.validation)
+            else:
+                types[own.type] = own
+        mode = (
+            await self.storage.setting(TENANT_MODE_SETTING + tenant)
+            or self.file.validation
+            or DEFAULT_MODE
+        )
+        self._cache[tenant] = (self.clock(), types, mode)
+        return types, mode
+
+    async def check(self, events: Sequence[EventInput], batch: bool = False) -> list[EventInput]:
+        """Validate events by their types' schemas: refuse (strict), mark (warn) or pass (off)."""
+        checked: list[EventInput] = []
+        refused: list[dict[str, Any]] = []
+        for index, event in enumerate(events):
+            types, tenant_mode = await self.for_tenant(groups.root_of(event.group))
+            known = types.get(event.type)
+            if known is None or known.schema is None:
+                checked.append(event)
+                continue
+            mode = known.validation or tenant_mode
+            errors = [] if mode == "off" else body_errors(known.schema, event.data.get("body"))
+            if not errors:
+                checked.append(event)
+            elif mode == "strict":
+                refused.extend({"index": index, **error} if batch else error for error in errors)
+            else:
+                mark = "; ".join(error["message"] for error in errors)[:1000]
+                checked.append(
+                    replace(event, extensions={**event.extensions, VALIDATION_ERROR: mark})
+                )
+        if refused:
+            first = refused[0]
+            where = f"event {first['index']}: " if batch else ""
+            raise Unprocessable(
+                f"{where}{first['message']}: the body does not match the schema of its type"
+                + (f" (and {len(refused) - 1} more problems)" if len(refused) > 1 else ""),
+                details=refused,
+            )
+        return checked

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -26,22 +25,24 @@ from tidings.cli_common import (
     with_storage,
 )
 from tidings.config import Settings
+from tidings.events_cli import events_app
 from tidings.keys_cli import keys_app
 from tidings.model import Group
 from tidings.storage import open_storage
 from tidings.storage.base import Storage
 from tidings.subscriptions_cli import deliveries_app, subscriptions_app
+from tidings.webhooks_cli import webhooks_app
 
 app = typer.Typer(help="tidings: a self-hosted events service for platforms.", no_args_is_help=True)
 groups_app = typer.Typer(help="Groups (works on the database directly).", no_args_is_help=True)
 tokens_app = typer.Typer(help="API tokens (works on the database directly).", no_args_is_help=True)
-events_app = typer.Typer(help="Emit, list and get events through the API.", no_args_is_help=True)
 app.add_typer(groups_app, name="groups")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(events_app, name="events")
 app.add_typer(subscriptions_app, name="subscriptions")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
 
 # Kept for modules that import these names from here.
 _with_storage, _fail, _client, _call, _parse = with_storage, fail, client_for, call, checked
@@ -109,13 +110,29 @@ def demo(
 
 
 @app.command("types")
-def list_types(url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    """List the catalog of event types."""
-    client = _client(url, token)
-    found = _call(lambda: client.request("GET", "/v1/types"))["types"]
-    table = Table("type", "description")
+def list_types(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="JSON lines, with schemas and examples.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List the catalog of event types, where each comes from, and how it is validated."""
+    client = client_for(url, token)
+    found = call(lambda: client.request("GET", "/v1/types"))["types"]
+    if as_json:
+        for event_type in found:
+            print(json.dumps(event_type))
+        return
+    table = Table("type", "origin", "validation", "schema", "description")
     for event_type in found:
-        table.add_row(event_type["type"], event_type["description"])
+        table.add_row(
+            event_type["type"],
+            event_type["origin"],
+            event_type["validation"],
+            "yes" if event_type["schema"] else "no",
+            event_type["description"],
+        )
     out.print(table)
 
 
@@ -156,128 +173,6 @@ def tokens_create(
         return secret
 
     print(_with_storage(work))
-
-
-def _read_body(body: str) -> Any:
-    text = Path(body[1:]).read_text() if body.startswith("@") else body
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _fail(f"--body is not valid JSON: {exc}") from exc
-
-
-@events_app.command("emit")
-def events_emit(
-    type: Annotated[str, typer.Option("--type", help="The event type.")],
-    source: Annotated[str, typer.Option(help="The event source (a URI reference).")],
-    group: Annotated[str, typer.Option(help="The group the event belongs to.")],
-    actor: Annotated[str, typer.Option(help="Who did it (the actor's subject).")],
-    body: Annotated[str, typer.Option(help="The body as JSON, or @file.")] = "{}",
-    subject: Annotated[str | None, typer.Option(help="What it happened to.")] = None,
-    event_id: Annotated[
-        str | None, typer.Option("--id", help="The event id (default: generated).")
-    ] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-) -> None:
-    """Emit one event; print it as stored."""
-    event: dict[str, Any] = {
-        "specversion": "1.0",
-        "type": type,
-        "source": source,
-        "group": group,
-        "data": {"actor": {"subject": actor}, "body": _read_body(body)},
-    }
-    if subject:
-        event["subject"] = subject
-    if event_id:
-        event["id"] = event_id
-    client = _client(url, token)
-    print(json.dumps(_call(lambda: client.emit(event))))
-
-
-def _row(event: dict[str, Any]) -> tuple[str, ...]:
-    actor = event.get("data", {}).get("actor", {}).get("subject", "")
-    return (
-        event["time"],
-        event["type"],
-        event.get("subject", ""),
-        actor,
-        event["group"],
-        event["id"],
-    )
-
-
-@events_app.command("list")
-def events_list(
-    type: Annotated[
-        list[str] | None, typer.Option("--type", help="Exact type or 'prefix.*'; repeatable.")
-    ] = None,
-    source: Annotated[str | None, typer.Option(help="Exact source.")] = None,
-    subject: Annotated[str | None, typer.Option(help="Exact subject or 'prefix*'.")] = None,
-    group: Annotated[str | None, typer.Option(help="Only this subtree.")] = None,
-    actor: Annotated[str | None, typer.Option(help="The actor's subject.")] = None,
-    since: Annotated[str | None, typer.Option(help="RFC 3339: at or after.")] = None,
-    until: Annotated[str | None, typer.Option(help="RFC 3339: before.")] = None,
-    limit: Annotated[int, typer.Option(help="Events per page (1..100).")] = 100,
-    order: Annotated[str, typer.Option(help="asc or desc.")] = "asc",
-    as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
-    follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new events.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.")] = 1.0,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-) -> None:
-    """List events; all pages, or with --follow every new one as it arrives."""
-    params: dict[str, Any] = {"limit": limit, "order": order}
-    for key, value in (
-        ("type", type),
-        ("source", source),
-        ("subject", subject),
-        ("group", group),
-        ("actor", actor),
-        ("since", since),
-        ("until", until),
-    ):
-        if value:
-            params[key] = value
-    if follow and order != "asc":
-        raise _fail("--follow lists in ascending order")
-    client = _client(url, token)
-    table = None if as_json or follow else Table("time", "type", "subject", "actor", "group", "id")
-
-    def show(events: list[dict[str, Any]]) -> None:
-        for event in events:
-            if table is not None:
-                table.add_row(*_row(event))
-            elif as_json:
-                print(json.dumps(event), flush=True)
-            else:
-                out.print("  ".join(_row(event)), highlight=False)
-
-    page: dict[str, Any] = {}
-    for page in _call(lambda: list(client.pages(params))):
-        show(page["events"])
-    if table is not None:
-        out.print(table)
-    while follow:
-        time.sleep(interval)
-        params["cursor"] = page["next_cursor"]
-        page = _call(lambda: client.list_events(params))
-        show(page["events"])
-
-
-@events_app.command("get")
-def events_get(
-    event_id: Annotated[str, typer.Argument(help="The CloudEvents id.")],
-    source: Annotated[
-        str | None, typer.Option(help="Needed when several events share the id.")
-    ] = None,
-    url: UrlOption = DEFAULT_URL,
-    token: TokenOption = None,
-) -> None:
-    """Show one event as JSON."""
-    client = _client(url, token)
-    out.print_json(json.dumps(_call(lambda: client.get_event(event_id, source))))
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from tidings.catalog import CatalogFile, load_catalog_file
 from tidings.delivery.schedule import Schedule, parse_schedule
 
 DEFAULT_DATABASE_URL = "sqlite:///tidings.db"
@@ -41,6 +42,7 @@ class Settings:
     delivery_connect_timeout_s: float = 5.0  # TIDINGS_DELIVERY_CONNECT_TIMEOUT
     delivery_timeout_s: float = 15.0  # TIDINGS_DELIVERY_TIMEOUT
     delivery_poll_s: float = 1.0  # TIDINGS_DELIVERY_POLL
+    catalog_file: CatalogFile | None = None  # TIDINGS_CATALOG: a YAML or JSON file of event types
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -74,6 +76,8 @@ class Settings:
                 if number <= 0:
                     raise ValueError(f"{variable} must be positive, got {env[variable]!r}")
                 values[name] = number
+        if env.get("TIDINGS_CATALOG"):
+            values["catalog_file"] = load_catalog_file(env["TIDINGS_CATALOG"])
         if env.get("TIDINGS_RETRY_SCHEDULE"):
             values["retry_schedule"] = parse_schedule(env["TIDINGS_RETRY_SCHEDULE"])
         values.update(overrides)

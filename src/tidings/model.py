@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,10 @@ class EventInput:
     data: dict[str, Any]
     data_json: str
     fingerprint: str
+    roles_mask: int = 0
+    allowed_groups: tuple[str, ...] = ()
+    eventkey: str | None = None
+    raw: str | None = None
 
     @property
     def actor(self) -> str | None:
@@ -82,6 +87,9 @@ class EventQuery:
     subject: str | None = None
     subject_prefix: str | None = None
     actor: str | None = None
+    eventkey: str | None = None
+    text: str | None = None
+    viewer_roles: int = (1 << 4) - 1
     since_ns: int | None = None
     until_ns: int | None = None
     after: int | None = None
@@ -90,6 +98,11 @@ class EventQuery:
 
 
 ROLES = ("viewer", "producer", "editor", "owner")
+
+
+def roles_mask(roles: Iterable[str]) -> int:
+    """Roles as a bit mask (viewer 1, producer 2, editor 4, owner 8), for visibility checks in SQL."""
+    return sum(1 << ROLES.index(role) for role in set(roles))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,3 +246,16 @@ class SigningKey:
     created_ns: int
     signs_from_ns: int
     retires_ns: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Webhook:
+    """An inbound webhook: an address external systems post to, whose mapping turns payloads into events."""
+
+    id: str
+    group: str
+    name: str
+    mapping: dict[str, Any]
+    key_hash: str = field(repr=False)
+    rate_limit: float = 100.0
+    created_ns: int = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -17,8 +17,8 @@ import orjson
 
 from tidings import timestamps
 from tidings.errors import BadRequest, UnsupportedMediaType
-from tidings.groups import parse_group
-from tidings.model import EventInput, StoredEvent
+from tidings.groups import parse_group, root_of
+from tidings.model import ROLES, EventInput, StoredEvent, roles_mask
 
 SPECVERSION = "1.0"
 DEFAULT_AUDIENCE = "customer"
@@ -158,7 +158,16 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
     audience = attributes.pop("audience", DEFAULT_AUDIENCE)
     if not isinstance(audience, str) or _AUDIENCE.fullmatch(audience) is None:
         raise BadRequest(f"audience must be a short lowercase name, got {audience!r}")
+    allowed_roles, roles = _list_attribute(attributes, "allowedroles", _role)
+    allowed_groups, visible_to = _list_attribute(attributes, "allowedgroups", _group_of(group))
     extensions = _extensions(attributes)
+    extensions.update(allowed_roles)
+    extensions.update(allowed_groups)
+    eventkey = extensions.get("eventkey")
+    if eventkey is not None and (
+        not isinstance(eventkey, str) or not eventkey or len(eventkey) > 256
+    ):
+        raise BadRequest("eventkey must be a string of 1 to 256 characters")
     _check_data(data)
     data_json = dumps(data)
     fingerprint = hashlib.sha256(
@@ -180,7 +189,43 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
         data=data,
         data_json=data_json,
         fingerprint=fingerprint,
+        roles_mask=roles_mask(roles),
+        allowed_groups=tuple(visible_to),
+        eventkey=eventkey,
     )
+
+
+def _role(value: str) -> str:
+    if value not in ROLES:
+        raise BadRequest(f"allowedroles: unknown role {value!r}; roles are {list(ROLES)}")
+    return value
+
+
+def _group_of(event_group: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        path = parse_group(value, "allowedgroups")
+        if root_of(path) != root_of(event_group):
+            raise BadRequest(f"allowedgroups: {value!r} is not in the event's tenant")
+        return path
+
+    return check
+
+
+def _list_attribute(
+    attributes: dict[str, Any], name: str, check: Callable[[str], str]
+) -> tuple[dict[str, str], list[str]]:
+    """A list-valued extension: a JSON array, or a comma-separated string as CloudEvents allows.
+
+    Answers the attribute as it is stored and rendered (comma-separated) and the checked items.
+    """
+    value = attributes.pop(name, None)
+    if value is None:
+        return {}, []
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise BadRequest(f"{name} must be a comma-separated string or an array of strings")
+    checked = sorted({check(item.strip()) for item in items})
+    return {name: ",".join(checked)}, checked
 
 
 def _extensions(attributes: dict[str, Any]) -> dict[str, Any]:
@@ -258,8 +303,15 @@ def render_attributes(
     return orjson.dumps(attributes).decode()
 
 
-def render_page(events: list[StoredEvent], has_more: bool, next_cursor: str | None) -> bytes:
+def render_page(
+    events: list[StoredEvent],
+    has_more: bool,
+    next_cursor: str | None,
+    total_count: int | None = None,
+) -> bytes:
     """The JSON of a list page, built from the stored texts without parsing them."""
     head = '{"events":[' + ",".join(event.to_json() for event in events) + "]"
-    tail = f',"has_more":{"true" if has_more else "false"},"next_cursor":{orjson.dumps(next_cursor).decode()}}}'
-    return (head + tail).encode()
+    tail = f',"has_more":{"true" if has_more else "false"},"next_cursor":{orjson.dumps(next_cursor).decode()}'
+    if total_count is not None:
+        tail += f',"total_count":{total_count}'
+    return (head + tail + "}").encode()

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from tidings import __version__
-from tidings.api import access, errors, events, health, subscriptions, types, wellknown
+from tidings.api import access, errors, events, health, subscriptions, types, webhooks, wellknown
 from tidings.api.state import AppState
 from tidings.config import Settings
 from tidings.cursors import CursorCodec
@@ -57,6 +57,6 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     )
     app.state.tidings = state
     errors.install(app)
-    for module in (events, subscriptions, access, types, wellknown, health):
+    for module in (events, subscriptions, webhooks, access, types, wellknown, health):
         app.include_router(module.router)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -20,7 +21,8 @@ from tidings.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from tidings.model import EventInput, EventQuery, StoredEvent
+from tidings.model import EventInput, EventQuery, StoredEvent, roles_mask
+from tidings.tokens import Principal
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -131,6 +133,7 @@ async def ingest(request: Request) -> Response:
             f"{SINGLE_TYPES[1]}, {BATCH_TYPE}, or binary mode with ce-* headers"
         )
     _authorize(principal.group, events, batch)
+    events = await state.catalog.check(events, batch)
     results = await state.storage.ingest(events, state.clock())
     state.metrics.ingested(result.event.type for result in results if result.created)
     state.wake_worker()
@@ -154,55 +157,126 @@ def _authorize(token_group: str, events: list[EventInput], batch: bool) -> None:
     )
 
 
+class EventFilters(BaseModel):
+    """The filters shared by the list and the stats of events."""
+
+    type: list[str] = Field(
+        default_factory=list, description="exact type, or 'prefix.*'; repeatable"
+    )
+    source: str | None = None
+    subject: str | None = Field(default=None, description="exact subject, or 'prefix*'")
+    group: str | None = Field(default=None, description="a subtree inside the token's group")
+    actor: str | None = Field(
+        default=None, description="the actor's subject; 'me': the token's subject"
+    )
+    eventkey: str | None = Field(
+        default=None, description="the source's own key: one alert's history"
+    )
+    since: str | None = Field(default=None, description="RFC 3339; events at or after")
+    until: str | None = Field(default=None, description="RFC 3339; events before")
+    q: str | None = Field(
+        default=None, description="full-text search of type, subject, actor, description, body"
+    )
+
+
+def event_query(principal: Principal, filters: EventFilters, **paging: Any) -> EventQuery:
+    """The storage query for `filters`, as visible to `principal`."""
+    scope = principal.group
+    if filters.group is not None:
+        groups.parse_group(filters.group, "group")
+        if not principal.sees(filters.group):
+            raise Forbidden(
+                f"group {filters.group!r} is outside the token's group {principal.group!r}"
+            )
+        scope = filters.group
+    types, prefixes = _type_filter(filters.type)
+    subject = filters.subject
+    subject_exact, subject_prefix = (
+        (None, subject[:-1]) if subject and subject.endswith("*") else (subject, None)
+    )
+    actor = filters.actor
+    if actor == "me":
+        if principal.subject is None:
+            raise BadRequest("actor=me needs a token with a subject; this token has none")
+        actor = principal.subject
+    return EventQuery(
+        scope=scope,
+        types=types,
+        type_prefixes=prefixes,
+        source=filters.source,
+        subject=subject_exact,
+        subject_prefix=subject_prefix,
+        actor=actor,
+        eventkey=filters.eventkey,
+        text=None if filters.q is None else search_expression(filters.q),
+        viewer_roles=roles_mask(principal.roles),
+        since_ns=None if filters.since is None else timestamps.parse(filters.since, "since").ns,
+        until_ns=None if filters.until is None else timestamps.parse(filters.until, "until").ns,
+        **paging,
+    )
+
+
+def search_expression(text: str) -> str:
+    """A full-text query from words: each word must appear (as a prefix), quotes escaped."""
+    words = text.split()
+    if not words or len(text) > 500:
+        raise BadRequest("q must hold 1 to 500 characters of words to search for")
+    return " ".join('"' + word.replace('"', '""') + '"*' for word in words)
+
+
 @router.get("", response_class=Response)
 async def list_events(
     request: Request,
+    filters: Annotated[EventFilters, Query()],
     limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by ingest order")] = "asc",
-    type: Annotated[list[str] | None, Query(description="exact type, or 'prefix.*'")] = None,
-    source: Annotated[str | None, Query()] = None,
-    subject: Annotated[str | None, Query(description="exact subject, or 'prefix*'")] = None,
-    group: Annotated[str | None, Query(description="a subtree inside the token's group")] = None,
-    actor: Annotated[str | None, Query(description="the actor's subject")] = None,
-    since: Annotated[str | None, Query(description="RFC 3339; events at or after")] = None,
-    until: Annotated[str | None, Query(description="RFC 3339; events before")] = None,
+    count: Annotated[bool, Query(description="add total_count: every matching event")] = False,
 ) -> Response:
     """List the visible events, filtered, a page at a time."""
     principal = await authenticate(request)
     principal.require("viewer")
     state = state_of(request)
-    scope = principal.group
-    if group is not None:
-        groups.parse_group(group, "group")
-        if not principal.sees(group):
-            raise Forbidden(f"group {group!r} is outside the token's group {principal.group!r}")
-        scope = group
-    types, prefixes = _type_filter(type or [])
-    subject_exact, subject_prefix = (
-        (None, subject[:-1]) if subject and subject.endswith("*") else (subject, None)
-    )
     after = state.cursors.decode(cursor) if cursor is not None else None
     descending = order == "desc"
-    query = EventQuery(
-        scope=scope,
-        types=types,
-        type_prefixes=prefixes,
-        source=source,
-        subject=subject_exact,
-        subject_prefix=subject_prefix,
-        actor=actor,
-        since_ns=None if since is None else timestamps.parse(since, "since").ns,
-        until_ns=None if until is None else timestamps.parse(until, "until").ns,
-        after=after,
-        descending=descending,
-        limit=limit + 1,
-    )
+    query = event_query(principal, filters, after=after, descending=descending, limit=limit + 1)
     found = await state.storage.list_events(query)
     has_more = len(found) > limit
     page = found[:limit]
     next_cursor = _next_cursor(state.cursors.encode, page, has_more, descending, after)
-    return Response(wire.render_page(page, has_more, next_cursor), headers=_JSON_HEADERS)
+    total = await state.storage.count_events(query) if count else None
+    return Response(wire.render_page(page, has_more, next_cursor, total), headers=_JSON_HEADERS)
+
+
+GROUP_BY = ("type", "group", "actor", "source", "subject")
+
+
+@router.get("/stats")
+async def event_stats(
+    request: Request,
+    filters: Annotated[EventFilters, Query()],
+    group_by: Annotated[
+        list[Literal["type", "group", "actor", "source", "subject"]] | None,
+        Query(description="fields to count by; repeatable"),
+    ] = None,
+    interval: Annotated[
+        Literal["hour", "day"] | None, Query(description="count per hour or day")
+    ] = None,
+) -> dict[str, Any]:
+    """Counts of the visible events matching the filters, by field and/or time bucket, most first."""
+    principal = await authenticate(request)
+    principal.require("viewer")
+    fields = list(dict.fromkeys(group_by or []))
+    state = state_of(request)
+    rows = await state.storage.event_stats(event_query(principal, filters), fields, interval)
+    answer = []
+    for row in rows:
+        item: dict[str, Any] = dict(zip(fields, row, strict=False))
+        if interval is not None:
+            item["interval_start"] = timestamps.from_ns(int(row[len(fields)]), 0).render()
+        item["count"] = int(row[-1])
+        answer.append(item)
+    return {"rows": answer}
 
 
 def _next_cursor(
@@ -241,7 +315,9 @@ async def get_event(
     principal = await authenticate(request)
     principal.require("viewer")
     state = state_of(request)
-    found = await state.storage.find_events(principal.group, event_id, source, limit=2)
+    found = await state.storage.find_events(
+        principal.group, event_id, source, limit=2, viewer_roles=roles_mask(principal.roles)
+    )
     if not found:
         raise NotFound(
             f"no visible event has id {event_id!r}" + (f" and source {source!r}" if source else "")
@@ -252,3 +328,26 @@ async def get_event(
             details=[{"source": event.source} for event in found],
         )
     return Response(found[0].to_json(), headers=_JSON_HEADERS)
+
+
+@router.get("/{event_id}/payload", response_class=Response)
+async def get_payload(
+    request: Request,
+    event_id: str,
+    source: Annotated[str | None, Query(description="tells apart events that share an id")] = None,
+) -> Response:
+    """The raw payload an inbound webhook received for this event."""
+    principal = await authenticate(request)
+    principal.require("viewer")
+    state = state_of(request)
+    found = await state.storage.find_events(
+        principal.group, event_id, source, limit=2, viewer_roles=roles_mask(principal.roles)
+    )
+    if len(found) != 1:
+        raise NotFound(
+            f"no single visible event has id {event_id!r}; pass source if several share it"
+        )
+    payload = await state.storage.event_payload(found[0].position)
+    if payload is None:
+        raise NotFound("this event did not come through an inbound webhook; it has no raw payload")
+    return Response(payload, headers=_JSON_HEADERS)

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 
+from tidings.catalog import Catalog
 from tidings.config import Settings
 from tidings.cursors import CursorCodec
 from tidings.metrics import Metrics
+from tidings.ratelimit import RateLimiter
 from tidings.storage.base import Storage
 
 if TYPE_CHECKING:
@@ -33,6 +35,11 @@ class AppState:
     issuer: Issuer | None = None
     transport: Transport | None = None
     worker: Worker | None = None
+    catalog: Catalog = field(init=False)
+    rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+
+    def __post_init__(self) -> None:
+        self.catalog = Catalog(self.storage, self.settings.catalog_file)
 
     def wake_worker(self) -> None:
         """Tell the in-process worker (if any) that deliveries are due."""

@@ -152,6 +152,16 @@ def _secret(value: str | None) -> str | None:
     return value
 
 
+_EMOJI = re.compile(r":[a-z0-9_+'-]{1,98}:")
+
+
+def _icon(value: str | None) -> str | None:
+    """A Slack icon: an ':emoji:' name or an http(s) image URL."""
+    if value is None or _EMOJI.fullmatch(value) or re.fullmatch(r"https?://\S+", value):
+        return value
+    raise BadRequest(f"slack_icon must be an ':emoji:' name or an http(s) image URL, got {value!r}")
+
+
 async def _check_sink(state: AppState, sink: str) -> None:
     try:
         await ssrf.check_sink(sink, state.settings.allow_private_sinks)
@@ -235,7 +245,7 @@ async def create_subscription(request: Request, spec: SubscriptionCreate) -> dic
         subject_prefix=spec.subject or None,
         description=spec.description,
         slack_username=spec.slack_username,
-        slack_icon=spec.slack_icon,
+        slack_icon=_icon(spec.slack_icon),
         signing_secret=secret,
         roles=tuple(sorted(principal.roles)),
         created_ns=now,
@@ -350,6 +360,8 @@ async def update_subscription(
     for name in ("description", "slack_username", "slack_icon"):
         if name in spec.model_fields_set:
             changes[name] = getattr(spec, name)
+    if "slack_icon" in changes:
+        changes["slack_icon"] = _icon(changes["slack_icon"])
     if spec.state is not None and spec.state != sub.state:
         changes["state"] = spec.state
         changes["state_reason"] = None if spec.state == "active" else "disabled by request"
@@ -383,6 +395,10 @@ async def retry_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
     if delivery is None or sub is None or not principal.sees(sub.group):
         raise NotFound(f"no delivery {delivery_id!r} is visible to this token")
     principal.require("editor", sub.group)
+    if sub.state != "active":
+        raise Unprocessable(
+            "the subscription is disabled; activate it before retrying its deliveries"
+        )
     if not await state.storage.retry_delivery(delivery.id, state.clock()):
         raise Unprocessable("the delivery is still pending; it will be attempted on its schedule")
     state.wake_worker()

@@ -112,7 +112,7 @@ def slack_message(event: StoredEvent, sub: Subscription) -> dict[str, Any]:
         ("Group", event.group),
         ("Time", attributes["time"]),
     ]
-    facts += _fields(data.get("body", {}))
+    facts += _fields(data.get("body", {}), limit=10 - len(facts))
     message: dict[str, Any] = {
         "text": _escape(summary),
         "blocks": [

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Any
 
+from tidings.catalog import EventType
 from tidings.model import (
     AttemptResult,
     Claim,
@@ -23,6 +25,7 @@ from tidings.model import (
     StoredEvent,
     Subscription,
     Token,
+    Webhook,
 )
 
 
@@ -63,10 +66,25 @@ class Storage(ABC):
         """Up to `query.limit` events matching the query, in position order."""
 
     @abstractmethod
+    async def count_events(self, query: EventQuery) -> int:
+        """How many events match the query, ignoring its cursor and limit."""
+
+    @abstractmethod
+    async def event_stats(
+        self, query: EventQuery, group_by: Sequence[str], interval: str | None
+    ) -> list[tuple[Any, ...]]:
+        """Counts of matching events per `group_by` value (and `interval` bucket start, in ns),
+        most first: rows of the group-by values, the bucket if any, then the count."""
+
+    @abstractmethod
+    async def event_payload(self, position: int) -> str | None:
+        """The raw payload an inbound webhook received for the event at `position`."""
+
+    @abstractmethod
     async def find_events(
-        self, scope: str, event_id: str, source: str | None, limit: int
+        self, scope: str, event_id: str, source: str | None, limit: int, viewer_roles: int = 15
     ) -> list[StoredEvent]:
-        """Events in the subtree of `scope` with this CloudEvents id (and source)."""
+        """Events visible from `scope` (to a viewer with `viewer_roles`) with this id (and source)."""
 
     @abstractmethod
     async def create_group(self, group: Group) -> None:
@@ -165,3 +183,31 @@ class Storage(ABC):
     @abstractmethod
     async def delivery_backlog(self, now_ns: int) -> tuple[int, int, int | None]:
         """(due, in flight, the oldest due delivery's due time in ns)."""
+
+    @abstractmethod
+    async def tenant_types(self, tenant: str) -> list[EventType]:
+        """The event types a tenant registered (or whose validation it set)."""
+
+    @abstractmethod
+    async def put_tenant_type(self, tenant: str, event_type: EventType, now_ns: int) -> None:
+        """Register or replace a tenant's event type."""
+
+    @abstractmethod
+    async def delete_tenant_type(self, tenant: str, event_type: str) -> bool:
+        """Forget a tenant's event type; whether there was one."""
+
+    @abstractmethod
+    async def create_webhook(self, webhook: Webhook) -> None:
+        """Store an inbound webhook (its key only hashed)."""
+
+    @abstractmethod
+    async def webhook(self, webhook_id: str) -> Webhook | None:
+        """An inbound webhook by id."""
+
+    @abstractmethod
+    async def webhooks(self, scope: str) -> list[Webhook]:
+        """The inbound webhooks of the subtree of `scope`."""
+
+    @abstractmethod
+    async def delete_webhook(self, webhook_id: str) -> bool:
+        """Delete an inbound webhook; whether there was one."""

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import uuid6
 
 from tidings import groups
 from tidings.errors import Conflict
@@ -26,29 +25,21 @@ from tidings.model import (
 )
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
+from tidings.storage.sqlite_catalog import SQLiteCatalog
 from tidings.storage.sqlite_delivery import (
-    FanOut,
     SQLiteDeliveries,
     insert_subscription,
     update_subscription,
 )
 from tidings.storage.sqlite_engine import SQLiteEngine, connect
-from tidings.timestamps import from_ns
-from tidings.wire import render_attributes
-
-_EVENT_COLUMNS = "e.position, e.id, e.source, e.type, e.group_path, e.attributes, e.data"
-
-
-def _event(row: tuple[Any, ...]) -> StoredEvent:
-    return StoredEvent(
-        position=row[0],
-        id=row[1],
-        source=row[2],
-        type=row[3],
-        group=row[4],
-        attributes=row[5],
-        data=row[6],
-    )
+from tidings.storage.sqlite_events import (
+    count_sql,
+    event_from_row,
+    find_sql,
+    ingest,
+    list_sql,
+    stats_sql,
+)
 
 
 def _token(row: tuple[Any, ...]) -> Token:
@@ -62,11 +53,6 @@ def _token(row: tuple[Any, ...]) -> Token:
         expires_ns=row[6],
         created_ns=row[7],
     )
-
-
-def prefix_range(prefix: str) -> tuple[str, str]:
-    """The half-open string range of everything that starts with `prefix`."""
-    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
 
 
 def split_statements(script: str) -> list[str]:
@@ -115,7 +101,7 @@ def apply_migrations(path: str) -> list[str]:
         conn.close()
 
 
-class SQLiteStorage(SQLiteDeliveries, Storage):
+class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     """Storage in one SQLite file."""
 
     def __init__(self, path: str, synchronous: str = "FULL"):
@@ -159,29 +145,38 @@ class SQLiteStorage(SQLiteDeliveries, Storage):
         return await self._engine.write(get_or_make)
 
     async def ingest(self, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
-        return await self._engine.write(lambda conn: _ingest(conn, events, now_ns))
+        return await self._engine.write(lambda conn: ingest(conn, events, now_ns))
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
-        sql, params = _list_sql(query)
+        sql, params = list_sql(query)
         rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
+
+    async def count_events(self, query: EventQuery) -> int:
+        sql, params = count_sql(query)
+        row = await self._engine.read(lambda conn: conn.execute(sql, params).fetchone())
+        return int(row[0])
+
+    async def event_stats(
+        self, query: EventQuery, group_by: Sequence[str], interval: str | None
+    ) -> list[tuple[Any, ...]]:
+        sql, params = stats_sql(query, group_by, interval)
+        return await self._engine.read(lambda conn: [tuple(r) for r in conn.execute(sql, params)])
+
+    async def event_payload(self, position: int) -> str | None:
+        row = await self._engine.read(
+            lambda conn: conn.execute(
+                "SELECT payload FROM event_payloads WHERE position = ?", (position,)
+            ).fetchone()
+        )
+        return None if row is None else str(row[0])
 
     async def find_events(
-        self, scope: str, event_id: str, source: str | None, limit: int
+        self, scope: str, event_id: str, source: str | None, limit: int, viewer_roles: int = 15
     ) -> list[StoredEvent]:
-        low, high = groups.subtree_bounds(scope)
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.tenant = ? AND e.id = ?"
-            " AND (e.group_path = ? OR (e.group_path >= ? AND e.group_path < ?))"
-        )
-        params: list[Any] = [groups.root_of(scope), event_id, scope, low, high]
-        if source is not None:
-            sql += " AND e.source = ?"
-            params.append(source)
-        sql += " ORDER BY e.position LIMIT ?"
-        params.append(limit)
+        sql, params = find_sql(scope, event_id, source, viewer_roles, limit)
         rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
-        return [_event(row) for row in rows]
+        return [event_from_row(row) for row in rows]
 
     async def create_group(self, group: Group) -> None:
         def insert(conn: sqlite3.Connection) -> None:
@@ -330,7 +325,7 @@ class SQLiteStorage(SQLiteDeliveries, Storage):
     ) -> list[Ingested]:
         def create(conn: sqlite3.Connection) -> list[Ingested]:
             insert_subscription(conn, sub)
-            return _ingest(conn, events, now_ns)
+            return ingest(conn, events, now_ns)
 
         return await self._engine.write(create)
 
@@ -343,128 +338,9 @@ class SQLiteStorage(SQLiteDeliveries, Storage):
         def delete(conn: sqlite3.Connection) -> list[Ingested] | None:
             if not conn.execute("DELETE FROM subscriptions WHERE id = ?", (sub_id,)).rowcount:
                 return None
-            return _ingest(conn, events, now_ns)
+            return ingest(conn, events, now_ns)
 
         return await self._engine.write(delete)
-
-
-def _ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
-    """Store events and queue their deliveries in the caller's transaction (the outbox)."""
-    results: list[Ingested] = []
-    fan_out = FanOut(conn)
-    for index, event in enumerate(events):
-        tenant = groups.root_of(event.group)
-        event_id = event.id or str(uuid6.uuid7())
-        time = event.time or from_ns(now_ns)
-        attributes = render_attributes(event, event_id, time, now_ns)
-        row = conn.execute(
-            "INSERT INTO events (tenant, group_path, id, source, type, subject, actor, time_ns,"
-            " stored_ns, fingerprint, attributes, data) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
-            " ON CONFLICT (tenant, source, id) DO NOTHING RETURNING position",
-            (
-                tenant,
-                event.group,
-                event_id,
-                event.source,
-                event.type,
-                event.subject,
-                event.actor,
-                time.ns,
-                now_ns,
-                event.fingerprint,
-                attributes,
-                event.data_json,
-            ),
-        ).fetchone()
-        if row is None:
-            results.append(
-                Ingested(event=_existing(conn, tenant, event, event_id, index), created=False)
-            )
-            continue
-        position = row[0]
-        conn.executemany(
-            "INSERT INTO event_scopes (scope, position) VALUES (?, ?)",
-            [(scope, position) for scope in groups.ancestors(event.group)[1:]],
-        )
-        fan_out.enqueue(position, event, now_ns)
-        stored = StoredEvent(
-            position=position,
-            id=event_id,
-            source=event.source,
-            type=event.type,
-            group=event.group,
-            attributes=attributes,
-            data=event.data_json,
-        )
-        results.append(Ingested(event=stored, created=True))
-    return results
-
-
-def _existing(
-    conn: sqlite3.Connection, tenant: str, event: EventInput, event_id: str, index: int
-) -> StoredEvent:
-    row = conn.execute(
-        f"SELECT {_EVENT_COLUMNS}, e.fingerprint FROM events e"
-        " WHERE e.tenant = ? AND e.source = ? AND e.id = ?",
-        (tenant, event.source, event_id),
-    ).fetchone()
-    if row[7] != event.fingerprint:
-        raise Conflict(
-            f"an event with source {event.source!r} and id {event_id!r} is stored with other content",
-            details=[{"index": index, "source": event.source, "id": event_id}],
-        )
-    return _event(row)
-
-
-def _list_sql(query: EventQuery) -> tuple[str, list[Any]]:
-    tenant = groups.root_of(query.scope)
-    params: list[Any] = []
-    if query.scope == tenant:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events e WHERE e.tenant = ?"
-        params.append(tenant)
-        order_column = "e.position"
-    else:
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM event_scopes s JOIN events e ON e.position = s.position"
-            " WHERE s.scope = ?"
-        )
-        params.append(query.scope)
-        order_column = "s.position"
-    type_terms = []
-    if query.types:
-        type_terms.append(f"e.type IN ({','.join('?' * len(query.types))})")
-        params.extend(query.types)
-    for prefix in query.type_prefixes:
-        type_terms.append("(e.type >= ? AND e.type < ?)")
-        params.extend(prefix_range(prefix))
-    if type_terms:
-        sql += " AND (" + " OR ".join(type_terms) + ")"
-    if query.source is not None:
-        sql += " AND e.source = ?"
-        params.append(query.source)
-    if query.subject is not None:
-        sql += " AND e.subject = ?"
-        params.append(query.subject)
-    if query.subject_prefix:
-        sql += " AND e.subject >= ? AND e.subject < ?"
-        params.extend(prefix_range(query.subject_prefix))
-    elif query.subject_prefix == "":
-        sql += " AND e.subject IS NOT NULL"
-    if query.actor is not None:
-        sql += " AND e.actor = ?"
-        params.append(query.actor)
-    if query.since_ns is not None:
-        sql += " AND e.time_ns >= ?"
-        params.append(query.since_ns)
-    if query.until_ns is not None:
-        sql += " AND e.time_ns < ?"
-        params.append(query.until_ns)
-    if query.after is not None:
-        sql += f" AND {order_column} {'<' if query.descending else '>'} ?"
-        params.append(query.after)
-    sql += f" ORDER BY {order_column} {'DESC' if query.descending else 'ASC'} LIMIT ?"
-    params.append(query.limit)
-    return sql, params
 
 
 def open_connection(path: str) -> sqlite3.Connection:

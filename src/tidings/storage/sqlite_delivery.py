@@ -19,6 +19,7 @@ from tidings.model import (
     Ingested,
     StoredEvent,
     Subscription,
+    roles_mask,
 )
 from tidings.storage.sqlite_engine import SQLiteEngine
 
@@ -97,11 +98,15 @@ class FanOut:
         return found
 
     def enqueue(self, position: int, event: EventInput, now_ns: int) -> int:
-        """Queue the event for every matching subscription; return how many."""
+        """Queue the event for every matching subscription that may see it; return how many."""
+        candidates = {sub.id: sub for sub in self._active_above(event.group)}
+        for allowed in event.allowed_groups:
+            candidates.update((sub.id, sub) for sub in self._active_above(allowed))
         targets = [
             sub.id
-            for sub in self._active_above(event.group)
+            for sub in candidates.values()
             if sub.matches(event.type, event.subject)
+            and (event.roles_mask == 0 or event.roles_mask & roles_mask(sub.roles))
         ]
         if targets:
             self._conn.executemany(
@@ -275,7 +280,8 @@ def record(conn: sqlite3.Connection, result: AttemptResult) -> bool:
             (result.subscription_id, result.disable_if_failing_since_ns),
         ).fetchone()
         if failing:
-            reason = "every delivery has failed for 5 days"
+            days = (result.now_ns - result.disable_if_failing_since_ns) / 86_400e9
+            reason = f"every delivery has failed for {days:g} days"
     if reason is not None:
         conn.execute(
             "UPDATE subscriptions SET state = 'disabled', state_reason = ?, updated_ns = ?"
