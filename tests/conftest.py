@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from tests import databases
 from tests.receivers import receivers  # noqa: F401 (a fixture for every test module)
 from tidings import groups
 from tidings.api import create_app
@@ -22,10 +22,18 @@ from tidings.storage.base import Storage
 TEST_TYPE = "dev.example.widget.created.v1"
 
 
+# The database fixtures, for every test module.
+backend = databases.backend
+make_database = databases.make_database
+database_url = databases.database_url
+postgres_server = databases.postgres_server
+schema_pool = databases.schema_pool
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    """Settings on a fresh SQLite file."""
-    return Settings(database_url=f"sqlite:///{tmp_path / 'tidings.db'}")
+def settings(database_url: str) -> Settings:
+    """Settings on a fresh database of the backend under test."""
+    return Settings(database_url=database_url)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,10 +29,10 @@ def schedule() -> Schedule:
 
 
 @pytest.fixture
-def settings(tmp_path: Path, schedule: Schedule) -> Settings:
+def settings(database_url: str, schedule: Schedule) -> Settings:
     """Settings that let deliveries reach receivers on 127.0.0.1, with a short schedule."""
     return Settings(
-        database_url=f"sqlite:///{tmp_path / 'tidings.db'}",
+        database_url=database_url,
         allow_private_sinks=True,
         delivery_poll_s=0.05,
         delivery_timeout_s=5.0,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -12,6 +11,7 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from fastapi.testclient import TestClient
 
 from tests.conftest import Tenant, auth, event, make_token
+from tests.databases import MakeDatabase
 from tests.receivers import Receiver
 from tidings import groups, wire
 from tidings.catalog import chainguard_examples
@@ -22,10 +22,10 @@ DELETED = "dev.chainguard.api.events.subscription.deleted.v1"
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     """Settings that let deliveries reach receivers on 127.0.0.1."""
     return Settings(
-        database_url=f"sqlite:///{tmp_path / 'tidings.db'}",
+        database_url=database_url,
         allow_private_sinks=True,
         delivery_poll_s=0.05,
         public_url="http://tidings.test",
@@ -252,11 +252,11 @@ def test_bad_subscriptions_are_refused(
     assert client.get("/v1/subscriptions", headers=auth(tenant.owner)).json()["subscriptions"] == []
 
 
-def test_private_sinks_are_refused_unless_allowed(tmp_path: Path) -> None:
+def test_private_sinks_are_refused_unless_allowed(make_database: MakeDatabase) -> None:
     """Without TIDINGS_ALLOW_PRIVATE_SINKS a loopback sink is a 422."""
     from tidings.api import create_app
 
-    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'strict.db'}"))
+    app = create_app(Settings(database_url=make_database()))
     with TestClient(app) as strict:
         root = groups.new_root()
         owner = make_token(strict, root, "owner")

@@ -6,6 +6,7 @@ import re
 import sqlite3
 from typing import Any
 
+import psycopg
 from fastapi.testclient import TestClient
 
 from tests.conftest import TEST_TYPE, Tenant, auth, event
@@ -40,10 +41,19 @@ def test_readyz_answers_ready_once_migrated(client: TestClient) -> None:
 
 def test_readyz_answers_503_when_a_migration_is_missing(client: TestClient, app: Any) -> None:
     """With a migration unrecorded the service is not ready, in tidings' error format."""
-    path = sqlite_path(app.state.tidings.settings.database_url)
-    with sqlite3.connect(path) as conn:
-        conn.execute("DELETE FROM schema_migrations")
-    conn.close()
+    url = app.state.tidings.settings.database_url
+    forget = "DELETE FROM schema_migrations WHERE name = (SELECT max(name) FROM schema_migrations)"
+    if url.startswith("sqlite"):
+        with sqlite3.connect(sqlite_path(url)) as conn:
+            conn.execute(forget)
+        conn.close()
+    else:
+        with psycopg.connect(url, autocommit=True) as pg:
+            pg.execute(
+                forget.replace("DELETE FROM", "UPDATE").replace(
+                    " WHERE", " SET name = name || '-forgotten' WHERE"
+                )
+            )
     response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "not_ready"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -13,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import TEST_TYPE, Tenant, auth, event, make_token
+from tests.databases import MakeDatabase
 from tidings import groups
 from tidings.api import create_app
 from tidings.config import Settings
@@ -344,8 +344,8 @@ def _cursor_after_first(client: TestClient, tenant: Tenant) -> str:
 def test_cursor_with_any_character_changed_is_a_400(client: TestClient, tenant: Tenant) -> None:
     """Changing any one character of a cursor is refused."""
     cursor = _cursor_after_first(client, tenant)
-    # 21 bytes (version, position, 12-byte MAC) make 28 base64 characters, none with spare bits.
-    assert len(cursor) == 28
+    # 30 bytes (version, 16-byte position, 13-byte MAC) make 40 base64 characters, none with spare bits.
+    assert len(cursor) == 40
     for index in range(len(cursor)):
         for replacement in ("A", "_"):
             if cursor[index] == replacement:
@@ -390,11 +390,11 @@ def test_forged_or_garbage_cursor_is_a_400(client: TestClient, tenant: Tenant, c
 
 
 def test_cursor_made_with_another_databases_key_is_a_400(
-    client: TestClient, tenant: Tenant, tmp_path: Path
+    client: TestClient, tenant: Tenant, make_database: MakeDatabase
 ) -> None:
     """A cursor from another tidings database (another key) is refused here."""
     own = _cursor_after_first(client, tenant)
-    other_app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'other.db'}"))
+    other_app = create_app(Settings(database_url=make_database()))
     with TestClient(other_app) as other:
         root = groups.new_root()
         producer = make_token(other, root, "producer")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,10 +21,10 @@ WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     """Settings that reach receivers on 127.0.0.1 and retry within a fraction of a second."""
     return Settings(
-        database_url=f"sqlite:///{tmp_path / 'tidings.db'}",
+        database_url=database_url,
         allow_private_sinks=True,
         delivery_poll_s=0.05,
         public_url="http://tidings.test",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -187,10 +186,10 @@ def displayed(message: dict[str, Any]) -> str:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(database_url: str) -> Settings:
     """Settings that let deliveries reach receivers on 127.0.0.1."""
     return Settings(
-        database_url=f"sqlite:///{tmp_path / 'tidings.db'}",
+        database_url=database_url,
         allow_private_sinks=True,
         delivery_poll_s=0.05,
         public_url="http://tidings.test",

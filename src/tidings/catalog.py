@@ -188,8 +188,16 @@ def body_errors(schema: dict[str, Any], body: Any) -> list[dict[str, Any]]:
     validator = _validator(json.dumps(schema, sort_keys=True))
     errors = []
     for error in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path)):
+        path = list(error.absolute_path)
+        if error.validator == "required" and isinstance(error.validator_value, list):
+            # Point at the missing member itself, not at the object that lacks it.
+            path.extend(
+                name
+                for name in error.validator_value
+                if error.message == f"{name!r} is a required property"
+            )
         pointer = "/data/body" + "".join(
-            f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in error.absolute_path
+            f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in path
         )
         errors.append(
             {

@@ -27,8 +27,9 @@ from tidings.cli_common import (
 from tidings.config import Settings
 from tidings.events_cli import events_app
 from tidings.keys_cli import keys_app
+from tidings.listen_cli import listen_command
 from tidings.model import Group
-from tidings.storage import open_storage
+from tidings.storage import storage_for
 from tidings.storage.base import Storage
 from tidings.subscriptions_cli import deliveries_app, subscriptions_app
 from tidings.webhooks_cli import webhooks_app
@@ -43,6 +44,7 @@ app.add_typer(subscriptions_app, name="subscriptions")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
+app.command("listen")(listen_command)
 
 # Kept for modules that import these names from here.
 _with_storage, _fail, _client, _call, _parse = with_storage, fail, client_for, call, checked
@@ -57,6 +59,7 @@ def serve(
         typer.Option("--worker/--no-worker", help="Also run the delivery worker in this process."),
     ] = True,
     log_format: Annotated[str, typer.Option(help="console or json.")] = "console",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the service: the HTTP API and (unless --no-worker) the delivery worker."""
     from tidings import logs
@@ -64,7 +67,7 @@ def serve(
     from tidings.issuer import default_issuer_url
     from tidings.server import serve as run_server
 
-    logs.configure(log_format)
+    logs.configure(log_format, log_level)
     settings = checked(
         lambda: Settings.from_env(public_url=default_issuer_url(host, port), run_worker=worker)
     )
@@ -74,12 +77,13 @@ def serve(
 @app.command("worker")
 def run_worker(
     log_format: Annotated[str, typer.Option(help="console or json.")] = "console",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the delivery worker alone, until interrupted."""
     from tidings import logs
     from tidings.delivery.standalone import run_standalone_worker
 
-    logs.configure(log_format)
+    logs.configure(log_format, log_level)
     settings = checked(Settings.from_env)
     checked(lambda: asyncio.run(run_standalone_worker(settings)))
 
@@ -90,7 +94,7 @@ def migrate() -> None:
 
     async def work() -> list[str]:
         # Not opened first: open() would apply the migrations and leave none to report.
-        return await open_storage(Settings.from_env().database_url).migrate()
+        return await storage_for(Settings.from_env()).migrate()
 
     applied = _parse(lambda: asyncio.run(work()))
     err.print(f"schema is current ({len(applied)} migrations applied now)")
@@ -107,6 +111,20 @@ def demo(
     from tidings.demo import run_demo
 
     run_demo(port=port, once=once, console=out)
+
+
+@app.command("retention")
+def retention() -> None:
+    """Expire the events older than TIDINGS_RETENTION_DAYS now (serve also does it hourly)."""
+    from tidings.runtime import run_retention
+
+    settings = checked(Settings.from_env)
+
+    async def work(storage: Storage) -> int:
+        return await run_retention(storage, settings, time.time_ns())
+
+    expired = with_storage(work)
+    err.print(f"expired {expired} events older than {settings.retention_days:g} days")
 
 
 @app.command("types")

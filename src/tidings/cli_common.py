@@ -14,7 +14,7 @@ from rich.console import Console
 from tidings.client import ApiError, Client
 from tidings.config import Settings
 from tidings.errors import TidingsError
-from tidings.storage import open_storage
+from tidings.storage import storage_for
 from tidings.storage.base import Storage
 
 T = TypeVar("T")
@@ -40,7 +40,7 @@ def with_storage(work: Callable[[Storage], Coroutine[Any, Any, T]]) -> T:
     """Open the configured database (migrating it), run `work`, close it."""
 
     async def run() -> T:
-        storage = open_storage(Settings.from_env().database_url)
+        storage = storage_for(Settings.from_env())
         await storage.open()
         try:
             return await work(storage)
@@ -72,8 +72,11 @@ def call(fn: Callable[[], T]) -> T:
 
 
 def checked(fn: Callable[[], T]) -> T:
-    """Run `fn`; turn a TidingsError (bad input) into a message and exit code 1."""
+    """Run `fn`; turn bad input or settings (TidingsError, ValueError, a missing file) into a
+    message and exit code 1."""
     try:
         return fn()
     except TidingsError as exc:
         raise fail(exc.message) from exc
+    except (ValueError, OSError) as exc:
+        raise fail(str(exc)) from exc

@@ -20,6 +20,8 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL  # TIDINGS_DATABASE_URL
     sqlite_synchronous: str = "FULL"  # TIDINGS_SQLITE_SYNCHRONOUS: FULL or NORMAL
+    pool_min: int = 2  # TIDINGS_DB_POOL_MIN: PostgreSQL connections kept open per process
+    pool_max: int = 16  # TIDINGS_DB_POOL_MAX: PostgreSQL connections at most per process
     max_event_bytes: int = 1 << 20  # a single event
     max_batch_bytes: int = 16 << 20  # a batch request
     max_batch_events: int = 1000
@@ -42,6 +44,9 @@ class Settings:
     delivery_connect_timeout_s: float = 5.0  # TIDINGS_DELIVERY_CONNECT_TIMEOUT
     delivery_timeout_s: float = 15.0  # TIDINGS_DELIVERY_TIMEOUT
     delivery_poll_s: float = 1.0  # TIDINGS_DELIVERY_POLL
+    retention_days: float = 90.0  # TIDINGS_RETENTION_DAYS
+    maintenance_interval_s: float = 3600.0  # TIDINGS_MAINTENANCE_INTERVAL: how often retention runs
+    housekeeping: bool = True  # `serve` runs retention; `tidings worker` does not
     catalog_file: CatalogFile | None = None  # TIDINGS_CATALOG: a YAML or JSON file of event types
 
     @classmethod
@@ -60,12 +65,16 @@ class Settings:
         }
         numbers = {
             "key_rotation_delay_s": ("TIDINGS_KEY_ROTATION_DELAY", int),
+            "pool_min": ("TIDINGS_DB_POOL_MIN", int),
+            "pool_max": ("TIDINGS_DB_POOL_MAX", int),
             "delivery_lease_s": ("TIDINGS_DELIVERY_LEASE", float),
             "delivery_concurrency": ("TIDINGS_DELIVERY_CONCURRENCY", int),
             "delivery_per_sink": ("TIDINGS_DELIVERY_PER_SINK", int),
             "delivery_connect_timeout_s": ("TIDINGS_DELIVERY_CONNECT_TIMEOUT", float),
             "delivery_timeout_s": ("TIDINGS_DELIVERY_TIMEOUT", float),
             "delivery_poll_s": ("TIDINGS_DELIVERY_POLL", float),
+            "retention_days": ("TIDINGS_RETENTION_DAYS", float),
+            "maintenance_interval_s": ("TIDINGS_MAINTENANCE_INTERVAL", float),
         }
         for name, (variable, kind) in numbers.items():
             if env.get(variable):

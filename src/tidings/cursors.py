@@ -5,13 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import struct
 
 from tidings.errors import BadRequest
 
 _VERSION = 1
-_FORMAT = ">BQ"  # version, position
-_MAC_BYTES = 12
+_POSITION_BYTES = 16  # PostgreSQL positions are (tx, seq) pairs packed in 128 bits
+_MAC_BYTES = 13  # 1 + 16 + 13 = 30 bytes: 40 base64 characters, none with spare bits
 
 
 class CursorCodec:
@@ -25,20 +24,20 @@ class CursorCodec:
 
     def encode(self, position: int) -> str:
         """A cursor standing for `position`."""
-        payload = struct.pack(_FORMAT, _VERSION, position)
+        if position < 0:
+            raise ValueError("positions are never negative")
+        payload = bytes([_VERSION]) + position.to_bytes(_POSITION_BYTES, "big")
         return base64.urlsafe_b64encode(payload + self._mac(payload)).decode().rstrip("=")
 
     def decode(self, cursor: str) -> int:
         """The position a cursor stands for; BadRequest if it was not made here or was altered."""
         try:
-            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        except ValueError as exc:
+            raw = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True)
+        except (ValueError, UnicodeEncodeError) as exc:
             raise BadRequest("cursor is not valid: pass next_cursor as it was given") from exc
-        size = struct.calcsize(_FORMAT)
-        payload, mac = raw[:size], raw[size:]
-        if len(raw) != size + _MAC_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
+        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
+        if len(payload) != 1 + _POSITION_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
             raise BadRequest("cursor is not valid: pass next_cursor as it was given")
-        version, position = struct.unpack(_FORMAT, payload)
-        if version != _VERSION:
+        if payload[0] != _VERSION:
             raise BadRequest("cursor is from another version of tidings")
-        return int(position)
+        return int.from_bytes(payload[1:], "big")

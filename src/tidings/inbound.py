@@ -145,13 +145,16 @@ def _alerts(webhook: Webhook, payload: Any, raw: str, system: str) -> list[Event
         )
         status = alert["status"]
         when = alert.get("endsAt") if status == "resolved" else alert.get("startsAt")
+        body = {**shared, **alert, "labels": labels, "annotations": annotations}
         attributes: dict[str, Any] = {
             "type": f"dev.tidings.{system}.alert.{status}.v1",
-            "id": _digest([system, alert]),
+            # The whole body names the event: a notification sent again is one event, and the same
+            # alert regrouped (another route, another groupKey) is another, never a conflict.
+            "id": _digest([system, body]),
             "subject": str(labels.get("alertname") or "alert"),
             "data": {
                 "actor": {"subject": f"{system}:{receiver}"},
-                "body": {**shared, **alert, "labels": labels, "annotations": annotations},
+                "body": body,
             },
         }
         if isinstance(when, str) and not when.startswith("0001-"):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import structlog
 
 from tidings import __version__
 from tidings.config import Settings
@@ -43,15 +46,41 @@ def issuer_for(settings: Settings, storage: Storage, url: str, clock: Callable[[
     return Issuer(storage, url, clock, settings.key_encryption_key)
 
 
+NS = 1_000_000_000
+WAKEUPS = "tidings-wakeups"
+log = structlog.get_logger("tidings.runtime")
+
+
+async def run_retention(storage: Storage, settings: Settings, now_ns: int) -> int:
+    """One round of housekeeping: the coming days' partitions, then expiring old events."""
+    await storage.maintain(now_ns)
+    expired = await storage.expire(now_ns - int(settings.retention_days * 86_400 * NS))
+    if expired:
+        log.info("expired old events", count=expired, retention_days=settings.retention_days)
+    return expired
+
+
+async def _housekeeping(
+    storage: Storage, settings: Settings, clock: Callable[[], int], stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        try:
+            await run_retention(storage, settings, clock())
+        except Exception:
+            log.exception("housekeeping failed; it runs again later")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.maintenance_interval_s)
+
+
 @dataclass
 class Delivery:
-    """A running delivery side: the worker task and what it needs."""
+    """A running process's background side: the worker, its wake-ups, and housekeeping."""
 
     issuer: Issuer
     transport: AiohttpTransport
     worker: Worker | None
     _stop: asyncio.Event
-    _task: asyncio.Task[None] | None
+    _tasks: list[asyncio.Task[None]]
 
     @classmethod
     async def start(
@@ -62,13 +91,16 @@ class Delivery:
         metrics: Metrics,
         clock: Callable[[], int] = time.time_ns,
         run_worker: bool = True,
+        housekeeping: bool = False,
     ) -> Delivery:
-        """Build the issuer (making its first key if need be), the transport and, if asked, the worker."""
+        """Build the issuer (making its first key if need be), the transport and, if asked,
+        the worker (woken by the storage's notifications) and the housekeeping loop."""
         issuer = issuer_for(settings, storage, issuer_url, clock)
         await issuer.ensure_key()
         transport = transport_for(settings)
         stop = asyncio.Event()
-        worker = task = None
+        worker = None
+        tasks = []
         if run_worker:
 
             def observe(claim: Claim, outcome: HttpOutcome, status: str) -> None:
@@ -82,12 +114,24 @@ class Delivery:
                 clock,
                 on_attempt=observe,
             )
-            task = asyncio.create_task(worker.run(stop), name="tidings-worker")
-        return cls(issuer, transport, worker, stop, task)
+            tasks.append(asyncio.create_task(worker.run(stop), name="tidings-worker"))
+            tasks.append(
+                asyncio.create_task(storage.watch(worker.wake, stop), name="tidings-wakeups")
+            )
+        if housekeeping:
+            tasks.append(
+                asyncio.create_task(
+                    _housekeeping(storage, settings, clock, stop), name="tidings-retention"
+                )
+            )
+        return cls(issuer, transport, worker, stop, tasks)
 
     async def stop(self) -> None:
         """Let in-flight sends finish, then close the transport."""
         self._stop.set()
-        if self._task is not None:
-            await self._task
+        for task in self._tasks:
+            if task.get_name() == WAKEUPS:
+                task.cancel()  # it only listens; nothing is lost by stopping it at once
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await self.transport.close()

@@ -14,7 +14,7 @@ from tidings.config import Settings
 from tidings.cursors import CursorCodec
 from tidings.issuer import resolve_issuer_url
 from tidings.runtime import Delivery
-from tidings.storage import open_storage
+from tidings.storage import storage_for
 from tidings.storage.base import Storage
 
 CURSOR_KEY = "cursor-key"
@@ -23,7 +23,7 @@ CURSOR_KEY = "cursor-key"
 def create_app(settings: Settings | None = None, storage: Storage | None = None) -> FastAPI:
     """A tidings API application; on start it opens (and migrates) the storage and starts the worker."""
     settings = settings or Settings.from_env()
-    storage = storage or open_storage(settings.database_url, settings.sqlite_synchronous)
+    storage = storage or storage_for(settings)
     state = AppState(settings=settings, storage=storage)
 
     @asynccontextmanager
@@ -36,7 +36,13 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
                 storage, settings.issuer, settings.public_url
             )
             delivery = await Delivery.start(
-                settings, storage, state.issuer_url, state.metrics, state.clock, settings.run_worker
+                settings,
+                storage,
+                state.issuer_url,
+                state.metrics,
+                state.clock,
+                run_worker=settings.run_worker,
+                housekeeping=settings.housekeeping,
             )
             state.issuer, state.transport, state.worker = (
                 delivery.issuer,

@@ -22,6 +22,7 @@ from tidings.errors import (
     UnsupportedMediaType,
 )
 from tidings.model import EventInput, EventQuery, StoredEvent, roles_mask
+from tidings.storage.indexing import WORD
 from tidings.tokens import Principal
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -210,18 +211,24 @@ def event_query(principal: Principal, filters: EventFilters, **paging: Any) -> E
         eventkey=filters.eventkey,
         text=None if filters.q is None else search_expression(filters.q),
         viewer_roles=roles_mask(principal.roles),
-        since_ns=None if filters.since is None else timestamps.parse(filters.since, "since").ns,
-        until_ns=None if filters.until is None else timestamps.parse(filters.until, "until").ns,
+        since_ns=None if filters.since is None else _instant(filters.since, "since"),
+        until_ns=None if filters.until is None else _instant(filters.until, "until"),
         **paging,
     )
 
 
+def _instant(text: str, what: str) -> int:
+    """A bound in ns, clamped to 64 bits (years 1 and 9999 lie beyond; every stored time within)."""
+    return max(-(2**63), min(2**63 - 1, timestamps.parse(text, what).ns))
+
+
 def search_expression(text: str) -> str:
-    """A full-text query from words: each word must appear (as a prefix), quotes escaped."""
-    words = text.split()
-    if not words or len(text) > 500:
-        raise BadRequest("q must hold 1 to 500 characters of words to search for")
-    return " ".join('"' + word.replace('"', '""') + '"*' for word in words)
+    """The words to search for (each must appear, as a prefix of a word of the event)."""
+    if not WORD.findall(text) or len(text) > 500:
+        raise BadRequest(
+            "q must hold 1 to 500 characters with at least one word (letters or digits)"
+        )
+    return text
 
 
 @router.get("", response_class=Response)
@@ -305,6 +312,30 @@ def _type_filter(values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(exact), tuple(prefixes)
 
 
+# Declared before get_event: its `{event_id:path}` would otherwise take `<id>/payload` too.
+@router.get("/{event_id}/payload", response_class=Response)
+async def get_payload(
+    request: Request,
+    event_id: str,
+    source: Annotated[str | None, Query(description="tells apart events that share an id")] = None,
+) -> Response:
+    """The raw payload an inbound webhook received for this event."""
+    principal = await authenticate(request)
+    principal.require("viewer")
+    state = state_of(request)
+    found = await state.storage.find_events(
+        principal.group, event_id, source, limit=2, viewer_roles=roles_mask(principal.roles)
+    )
+    if len(found) != 1:
+        raise NotFound(
+            f"no single visible event has id {event_id!r}; pass source if several share it"
+        )
+    payload = await state.storage.event_payload(found[0].position)
+    if payload is None:
+        raise NotFound("this event did not come through an inbound webhook; it has no raw payload")
+    return Response(payload, headers=_JSON_HEADERS)
+
+
 @router.get("/{event_id:path}", response_class=Response)
 async def get_event(
     request: Request,
@@ -328,26 +359,3 @@ async def get_event(
             details=[{"source": event.source} for event in found],
         )
     return Response(found[0].to_json(), headers=_JSON_HEADERS)
-
-
-@router.get("/{event_id}/payload", response_class=Response)
-async def get_payload(
-    request: Request,
-    event_id: str,
-    source: Annotated[str | None, Query(description="tells apart events that share an id")] = None,
-) -> Response:
-    """The raw payload an inbound webhook received for this event."""
-    principal = await authenticate(request)
-    principal.require("viewer")
-    state = state_of(request)
-    found = await state.storage.find_events(
-        principal.group, event_id, source, limit=2, viewer_roles=roles_mask(principal.roles)
-    )
-    if len(found) != 1:
-        raise NotFound(
-            f"no single visible event has id {event_id!r}; pass source if several share it"
-        )
-    payload = await state.storage.event_payload(found[0].position)
-    if payload is None:
-        raise NotFound("this event did not come through an inbound webhook; it has no raw payload")
-    return Response(payload, headers=_JSON_HEADERS)

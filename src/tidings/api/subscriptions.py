@@ -20,7 +20,7 @@ from tidings.delivery import ssrf
 from tidings.delivery.transport import HttpOutcome
 from tidings.delivery.worker import build_request
 from tidings.errors import BadRequest, NotFound, Unprocessable
-from tidings.model import Delivery, EventInput, StoredEvent, Subscription
+from tidings.model import Delivery, EventInput, StoredEvent, Subscription, roles_mask
 from tidings.timestamps import from_ns
 from tidings.tokens import Principal
 
@@ -305,7 +305,9 @@ async def list_deliveries(
     sub = await visible_subscription(state, principal, sub_id)
     principal.require("viewer", sub.group)
     after = None if cursor is None else state.cursors.decode(cursor)
-    found = await state.storage.deliveries(sub.id, status, after, limit + 1)
+    found = await state.storage.deliveries(
+        sub.id, status, after, limit + 1, roles_mask(principal.roles)
+    )
     has_more = len(found) > limit
     page = found[:limit]
     return {

@@ -11,14 +11,14 @@ from tidings.config import Settings
 from tidings.issuer import stored_issuer_url
 from tidings.metrics import Metrics
 from tidings.runtime import Delivery
-from tidings.storage import open_storage
+from tidings.storage import storage_for
 
 log = structlog.get_logger("tidings.worker")
 
 
 async def run_standalone_worker(settings: Settings) -> None:
     """Deliver from the configured database until told to stop; in-flight sends finish first."""
-    storage = open_storage(settings.database_url, settings.sqlite_synchronous)
+    storage = storage_for(settings)
     await storage.open()
     try:
         issuer_url = await stored_issuer_url(storage, settings.issuer)

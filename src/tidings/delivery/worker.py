@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 from urllib.parse import urlsplit
 
 import structlog
@@ -28,6 +28,9 @@ from tidings.storage.base import Storage
 log = structlog.get_logger("tidings.worker")
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
+# Requests built for unsigned webhooks, kept so that the deliveries of one event to
+# several subscriptions (claimed together) build its headers once.
+_REQUEST_CACHE = 512
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -79,6 +82,7 @@ class Worker:
         self.on_attempt = on_attempt
         self._wake = asyncio.Event()
         self._sinks: dict[str, asyncio.Semaphore] = {}
+        self._requests: dict[tuple[int, str, str], tuple[dict[str, str], bytes]] = {}
         self.lost_claims = 0
 
     def wake(self) -> None:
@@ -94,55 +98,79 @@ class Worker:
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set, keeping up to `concurrency` sends in flight."""
-        in_flight: set[asyncio.Task[None]] = set()
+        """Deliver until `stop` is set, keeping up to `concurrency` sends in flight.
+
+        A delivery holds its slot while it is sent. Recording its attempt (waiting for
+        the commit) goes on beside the next sends, for at most `concurrency` more
+        deliveries: a slow commit does not idle the sends.
+        """
         limit = self.settings.concurrency
+        sending: set[object] = set()  # a token per delivery being sent
+        tasks: set[asyncio.Task[None]] = set()  # every delivery until its attempt is recorded
         stopping = asyncio.ensure_future(stop.wait())
+        # Set by wake() and by every send that finishes (a slot is free): either way, claim.
+        ready = self._wake
+
+        def sent(token: object) -> None:
+            sending.discard(token)
+            ready.set()
+
+        def finished(token: object, task: asyncio.Task[None]) -> None:
+            sending.discard(token)
+            tasks.discard(task)
+            ready.set()
+
+        def room() -> int:
+            return min(limit - len(sending), 2 * limit - len(tasks))
+
         try:
             while not stop.is_set():
-                claims = (
-                    await self._claim(min(self.settings.batch, limit - len(in_flight)))
-                    if len(in_flight) < limit
-                    else []
-                )
+                ready.clear()
+                free = room()
+                claims = await self._claim(min(self.settings.batch, free)) if free > 0 else []
                 for claim in claims:
-                    task = asyncio.ensure_future(self.deliver(claim))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                if claims and len(in_flight) < limit:
+                    token = object()
+                    sending.add(token)
+                    task = asyncio.ensure_future(self.deliver(claim, partial(sent, token)))
+                    tasks.add(task)
+                    task.add_done_callback(partial(finished, token))
+                if claims and room() > 0:
                     continue
-                self._wake.clear()
-                waiters: set[asyncio.Future[Any]] = {
-                    stopping,
-                    asyncio.ensure_future(self._wake.wait()),
-                }
-                if in_flight:
-                    waiters.add(
-                        asyncio.ensure_future(
-                            asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
-                        )
-                    )
-                _, pending = await asyncio.wait(
-                    waiters,
+                if ready.is_set():  # work arrived or a send finished while claiming
+                    continue
+                waiter = asyncio.ensure_future(ready.wait())
+                await asyncio.wait(
+                    (stopping, waiter),
                     timeout=self.settings.poll_interval_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )
-                for waiter in pending - {stopping}:
-                    waiter.cancel()
+                waiter.cancel()
         finally:
             stopping.cancel()
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim(self, limit: int) -> list[Claim]:
         if limit <= 0:
             return []
         lease_ns = int(self.settings.lease_s * NS)
+        now = self.clock()
         try:
-            return await self.storage.claim_deliveries(self.clock(), lease_ns, limit)
+            claims = await self.storage.claim_deliveries(now, lease_ns, limit)
         except Exception:
             log.exception("claiming deliveries failed")
             return []
+        if claims:
+            # At debug level every claim is logged, so that operators (and tests) can check that
+            # no delivery was ever held by two workers at once.
+            log.debug(
+                "claimed",
+                deliveries=[claim.delivery_id for claim in claims],
+                claim_token=claims[0].claim_token,
+                claimed_ns=now,
+                lease_until_ns=now + lease_ns,
+            )
+        return claims
 
     def _sink_slot(self, url: str) -> asyncio.Semaphore:
         parts = urlsplit(url)
@@ -152,14 +180,33 @@ class Worker:
             slot = self._sinks[key] = asyncio.Semaphore(self.settings.per_sink)
         return slot
 
-    async def deliver(self, claim: Claim) -> None:
-        """Send one claimed delivery and record the attempt."""
+    async def _request(self, claim: Claim, now_ns: int) -> tuple[dict[str, str], bytes]:
+        """`build_request`, built once per event and token for unsigned webhooks.
+
+        Without a signing secret a webhook request depends only on the event and
+        the bearer token (the message id and the time only go into signatures), so
+        the deliveries of one event to the subscriptions of one group share it.
+        """
+        sub, event = claim.subscription, claim.event
+        if sub.kind != "webhook" or sub.signing_secret is not None:
+            return await build_request(sub, event, f"dlv_{claim.delivery_id}", self.sign, now_ns)
+        token = await self.sign(sub.group)
+        key = (event.position, event.id, token)
+        built = self._requests.get(key)
+        if built is None:
+            built = webhook_request(event, token, f"dlv_{claim.delivery_id}", None, now_ns // NS)
+            if len(self._requests) >= _REQUEST_CACHE:
+                del self._requests[next(iter(self._requests))]
+            self._requests[key] = built
+        headers, body = built
+        return dict(headers), body
+
+    async def deliver(self, claim: Claim, on_sent: Callable[[], None] | None = None) -> None:
+        """Send one claimed delivery and record the attempt; `on_sent()` once it is sent."""
         sub = claim.subscription
         started_ns = self.clock()
         try:
-            headers, body = await build_request(
-                sub, claim.event, f"dlv_{claim.delivery_id}", self.sign, started_ns
-            )
+            headers, body = await self._request(claim, started_ns)
             async with self._sink_slot(sub.sink):
                 outcome = await self.transport.post(sub.sink, headers, body)
         except Exception as exc:
@@ -171,6 +218,9 @@ class Worker:
                 response="",
                 retry_after_s=None,
             )
+        finally:
+            if on_sent is not None:
+                on_sent()
         await self._record(claim, outcome, started_ns)
 
     async def _record(self, claim: Claim, outcome: HttpOutcome, started_ns: int) -> None:

@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from tidings.storage.base import Storage
 
+if TYPE_CHECKING:
+    from tidings.config import Settings
 
-def open_storage(url: str, sqlite_synchronous: str = "FULL") -> Storage:
-    """The storage for a database URL (`sqlite:///path` or a bare path)."""
+
+def open_storage(
+    url: str, sqlite_synchronous: str = "FULL", pool_min: int = 2, pool_max: int = 16
+) -> Storage:
+    """The storage for a database URL: `postgresql://...`, `sqlite:///path`, or a bare path."""
     if url.startswith(("postgres://", "postgresql://")):
-        raise NotImplementedError("the PostgreSQL backend is not available yet")
+        from tidings.storage.postgres import PostgresStorage
+
+        return PostgresStorage(url, min_size=pool_min, max_size=max(pool_min, pool_max))
     from tidings.storage.sqlite import SQLiteStorage
 
     return SQLiteStorage(sqlite_path(url), sqlite_synchronous)
+
+
+def storage_for(settings: Settings) -> Storage:
+    """The storage the settings name."""
+    return open_storage(
+        settings.database_url, settings.sqlite_synchronous, settings.pool_min, settings.pool_max
+    )
 
 
 def sqlite_path(url: str) -> str:
@@ -21,4 +37,4 @@ def sqlite_path(url: str) -> str:
     return url
 
 
-__all__ = ["Storage", "open_storage", "sqlite_path"]
+__all__ = ["Storage", "open_storage", "sqlite_path", "storage_for"]

@@ -8,8 +8,9 @@ passes an event that is still to commit.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tidings.catalog import EventType
@@ -164,9 +165,10 @@ class Storage(ABC):
 
     @abstractmethod
     async def deliveries(
-        self, sub_id: str, status: str | None, after: int | None, limit: int
+        self, sub_id: str, status: str | None, after: int | None, limit: int, viewer_roles: int = 15
     ) -> list[Delivery]:
-        """A subscription's deliveries, newest first, below the id `after`."""
+        """A subscription's deliveries, newest first, below the id `after`: only those of
+        events a reader with `viewer_roles` (a `roles_mask`) may see."""
 
     @abstractmethod
     async def delivery(self, delivery_id: int) -> Delivery | None:
@@ -211,3 +213,20 @@ class Storage(ABC):
     @abstractmethod
     async def delete_webhook(self, webhook_id: str) -> bool:
         """Delete an inbound webhook; whether there was one."""
+
+    @abstractmethod
+    async def expire(self, before_ns: int, batch: int = 1000) -> int:
+        """Delete the events stored before `before_ns`, with their deliveries; return how many.
+
+        Deletion goes in small batches (or whole partitions) so that ingest is never blocked long.
+        """
+
+    async def maintain(self, now_ns: int) -> None:  # noqa: B027 (a hook; most backends need nothing)
+        """Periodic housekeeping (e.g. making the partitions of the coming days)."""
+
+    async def watch(self, wake: Callable[[], None], stop: asyncio.Event) -> None:
+        """Call `wake` when another process queues deliveries, until `stop` is set.
+
+        Backends without notifications return at once when stopped; their workers poll.
+        """
+        await stop.wait()

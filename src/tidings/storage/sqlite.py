@@ -9,8 +9,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from tidings import groups
 from tidings.errors import Conflict
 from tidings.model import (
@@ -25,6 +23,14 @@ from tidings.model import (
 )
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
+from tidings.storage.rows import (
+    SIGNING_KEY_COLUMNS,
+    TOKEN_COLUMNS,
+    signing_key_from_row,
+    signing_key_values,
+    token_from_row,
+    token_values,
+)
 from tidings.storage.sqlite_catalog import SQLiteCatalog
 from tidings.storage.sqlite_delivery import (
     SQLiteDeliveries,
@@ -32,27 +38,7 @@ from tidings.storage.sqlite_delivery import (
     update_subscription,
 )
 from tidings.storage.sqlite_engine import SQLiteEngine, connect
-from tidings.storage.sqlite_events import (
-    count_sql,
-    event_from_row,
-    find_sql,
-    ingest,
-    list_sql,
-    stats_sql,
-)
-
-
-def _token(row: tuple[Any, ...]) -> Token:
-    return Token(
-        id=row[0],
-        secret_hash=row[1],
-        group=row[2],
-        roles=tuple(row[3].split(",")),
-        name=row[4],
-        subject=row[5],
-        expires_ns=row[6],
-        created_ns=row[7],
-    )
+from tidings.storage.sqlite_events import SQL, event_from_row, expire_batch, find_sql, ingest
 
 
 def split_statements(script: str) -> list[str]:
@@ -148,19 +134,19 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         return await self._engine.write(lambda conn: ingest(conn, events, now_ns))
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
-        sql, params = list_sql(query)
+        sql, params = SQL.list_sql(query)
         rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
         return [event_from_row(row) for row in rows]
 
     async def count_events(self, query: EventQuery) -> int:
-        sql, params = count_sql(query)
+        sql, params = SQL.count_sql(query)
         row = await self._engine.read(lambda conn: conn.execute(sql, params).fetchone())
         return int(row[0])
 
     async def event_stats(
         self, query: EventQuery, group_by: Sequence[str], interval: str | None
     ) -> list[tuple[Any, ...]]:
-        sql, params = stats_sql(query, group_by, interval)
+        sql, params = SQL.stats_sql(query, group_by, interval)
         return await self._engine.read(lambda conn: [tuple(r) for r in conn.execute(sql, params)])
 
     async def event_payload(self, position: int) -> str | None:
@@ -201,38 +187,29 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     async def create_token(self, token: Token) -> None:
         await self._engine.write(
             lambda conn: conn.execute(
-                "INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    token.id,
-                    token.secret_hash,
-                    token.group,
-                    ",".join(token.roles),
-                    token.name,
-                    token.subject,
-                    token.expires_ns,
-                    token.created_ns,
-                ),
+                f"INSERT INTO tokens ({TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                token_values(token),
             )
         )
 
     async def token_by_hash(self, secret_hash: str) -> Token | None:
         row = await self._engine.read(
             lambda conn: conn.execute(
-                "SELECT * FROM tokens WHERE secret_hash = ?", (secret_hash,)
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?", (secret_hash,)
             ).fetchone()
         )
-        return None if row is None else _token(row)
+        return None if row is None else token_from_row(row)
 
     async def list_tokens(self, scope: str) -> list[Token]:
         low, high = groups.subtree_bounds(scope)
         rows = await self._engine.read(
             lambda conn: conn.execute(
-                "SELECT * FROM tokens WHERE group_path = ? OR (group_path >= ? AND group_path < ?)"
+                f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE group_path = ? OR (group_path >= ? AND group_path < ?)"
                 " ORDER BY created_ns, id",
                 (scope, low, high),
             ).fetchall()
         )
-        return [_token(row) for row in rows]
+        return [token_from_row(row) for row in rows]
 
     async def delete_token(self, scope: str, token_id: str) -> bool:
         low, high = groups.subtree_bounds(scope)
@@ -273,21 +250,10 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     async def signing_keys(self) -> list[SigningKey]:
         rows = await self._engine.read(
             lambda conn: conn.execute(
-                "SELECT kid, private_key, public_jwk, created_ns, signs_from_ns, retires_ns"
-                " FROM signing_keys ORDER BY created_ns, kid"
+                f"SELECT {SIGNING_KEY_COLUMNS} FROM signing_keys ORDER BY created_ns, kid"
             ).fetchall()
         )
-        return [
-            SigningKey(
-                kid=row[0],
-                private_key=bytes(row[1]),
-                public_jwk=orjson.loads(row[2]),
-                created_ns=row[3],
-                signs_from_ns=row[4],
-                retires_ns=row[5],
-            )
-            for row in rows
-        ]
+        return [signing_key_from_row(row) for row in rows]
 
     async def add_signing_key(self, key: SigningKey, retire_others_ns: int | None) -> None:
         def add(conn: sqlite3.Connection) -> None:
@@ -297,15 +263,8 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
                     (retire_others_ns,),
                 )
             conn.execute(
-                "INSERT INTO signing_keys VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    key.kid,
-                    key.private_key,
-                    orjson.dumps(key.public_jwk).decode(),
-                    key.created_ns,
-                    key.signs_from_ns,
-                    key.retires_ns,
-                ),
+                f"INSERT INTO signing_keys ({SIGNING_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                signing_key_values(key),
             )
 
         await self._engine.write(add)
@@ -331,6 +290,14 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
 
     async def update_subscription(self, sub: Subscription) -> None:
         await self._engine.write(lambda conn: update_subscription(conn, sub))
+
+    async def expire(self, before_ns: int, batch: int = 1000) -> int:
+        deleted = 0
+        while True:
+            removed = await self._engine.write(lambda conn: expire_batch(conn, before_ns, batch))
+            deleted += removed
+            if removed < batch:
+                return deleted
 
     async def delete_subscription(
         self, sub_id: str, events: Sequence[EventInput], now_ns: int

@@ -7,8 +7,6 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from tidings import groups
 from tidings.model import (
     Attempt,
@@ -21,61 +19,24 @@ from tidings.model import (
     Subscription,
     roles_mask,
 )
+from tidings.storage.rows import (
+    SUBSCRIPTION_COLUMNS,
+    UPDATE_SUBSCRIPTION,
+    delivers_to,
+    failing_reason,
+    groups_above,
+    placeholders,
+    subscription_changes,
+    subscription_from_row,
+    subscription_values,
+)
 from tidings.storage.sqlite_engine import SQLiteEngine
 
-_SUBSCRIPTION_COLUMNS = (
-    "id, group_path, kind, sink, types, subject_prefix, description, state, state_reason,"
-    " slack_username, slack_icon, signing_secret, roles, failing_since_ns, created_ns, updated_ns"
-)
 _DELIVERY_COLUMNS = (
     "d.id, d.subscription_id, d.event_position, d.status, d.attempts, d.due_ns, d.created_ns,"
     " d.updated_ns, e.id, e.source, e.type"
 )
 _DELIVERY_FROM = "deliveries d JOIN events e ON e.position = d.event_position"
-
-
-def subscription_from_row(row: Sequence[Any]) -> Subscription:
-    """A Subscription from a row of `_SUBSCRIPTION_COLUMNS`."""
-    return Subscription(
-        id=row[0],
-        group=row[1],
-        kind=row[2],
-        sink=row[3],
-        types=tuple(orjson.loads(row[4])),
-        subject_prefix=row[5],
-        description=row[6],
-        state=row[7],
-        state_reason=row[8],
-        slack_username=row[9],
-        slack_icon=row[10],
-        signing_secret=row[11],
-        roles=tuple(row[12].split(",")) if row[12] else (),
-        failing_since_ns=row[13],
-        created_ns=row[14],
-        updated_ns=row[15],
-    )
-
-
-def _subscription_values(sub: Subscription) -> tuple[Any, ...]:
-    return (
-        sub.id,
-        sub.group,
-        groups.root_of(sub.group),
-        sub.kind,
-        sub.sink,
-        orjson.dumps(list(sub.types)).decode(),
-        sub.subject_prefix,
-        sub.description,
-        sub.state,
-        sub.state_reason,
-        sub.slack_username,
-        sub.slack_icon,
-        sub.signing_secret,
-        ",".join(sub.roles),
-        sub.failing_since_ns,
-        sub.created_ns,
-        sub.updated_ns,
-    )
 
 
 class FanOut:
@@ -90,7 +51,7 @@ class FanOut:
         if found is None:
             scopes = groups.ancestors(group)
             rows = self._conn.execute(
-                f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions"
+                f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
                 f" WHERE state = 'active' AND group_path IN ({','.join('?' * len(scopes))})",
                 scopes,
             ).fetchall()
@@ -99,15 +60,10 @@ class FanOut:
 
     def enqueue(self, position: int, event: EventInput, now_ns: int) -> int:
         """Queue the event for every matching subscription that may see it; return how many."""
-        candidates = {sub.id: sub for sub in self._active_above(event.group)}
-        for allowed in event.allowed_groups:
-            candidates.update((sub.id, sub) for sub in self._active_above(allowed))
-        targets = [
-            sub.id
-            for sub in candidates.values()
-            if sub.matches(event.type, event.subject)
-            and (event.roles_mask == 0 or event.roles_mask & roles_mask(sub.roles))
-        ]
+        candidates = {
+            sub.id: sub for group in groups_above(event) for sub in self._active_above(group)
+        }
+        targets = [sub.id for sub in candidates.values() if delivers_to(sub, event)]
         if targets:
             self._conn.executemany(
                 "INSERT INTO deliveries (subscription_id, event_position, status, due_ns, created_ns,"
@@ -120,39 +76,20 @@ class FanOut:
 def insert_subscription(conn: sqlite3.Connection, sub: Subscription) -> None:
     """Insert a new subscription."""
     conn.execute(
-        "INSERT INTO subscriptions (id, group_path, tenant, kind, sink, types, subject_prefix,"
-        " description, state, state_reason, slack_username, slack_icon, signing_secret, roles,"
-        " failing_since_ns, created_ns, updated_ns) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        _subscription_values(sub),
+        f"INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, tenant) VALUES ({','.join('?' * 17)})",
+        subscription_values(sub),
     )
 
 
 def update_subscription(conn: sqlite3.Connection, sub: Subscription) -> None:
     """Replace a subscription's mutable fields."""
-    conn.execute(
-        "UPDATE subscriptions SET sink = ?, types = ?, subject_prefix = ?, description = ?,"
-        " state = ?, state_reason = ?, slack_username = ?, slack_icon = ?, failing_since_ns = ?,"
-        " updated_ns = ? WHERE id = ?",
-        (
-            sub.sink,
-            orjson.dumps(list(sub.types)).decode(),
-            sub.subject_prefix,
-            sub.description,
-            sub.state,
-            sub.state_reason,
-            sub.slack_username,
-            sub.slack_icon,
-            sub.failing_since_ns,
-            sub.updated_ns,
-            sub.id,
-        ),
-    )
+    conn.execute(placeholders(UPDATE_SUBSCRIPTION, "?"), subscription_changes(sub))
 
 
 def get_subscription(conn: sqlite3.Connection, sub_id: str) -> Subscription | None:
     """A subscription by id."""
     row = conn.execute(
-        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?", (sub_id,)
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ?", (sub_id,)
     ).fetchone()
     return None if row is None else subscription_from_row(row)
 
@@ -161,7 +98,7 @@ def list_subscriptions(conn: sqlite3.Connection, scope: str) -> list[Subscriptio
     """The subscriptions of `scope` and every group below it."""
     low, high = groups.subtree_bounds(scope)
     rows = conn.execute(
-        f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant = ?"
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant = ?"
         " AND (group_path = ? OR (group_path >= ? AND group_path < ?)) ORDER BY created_ns, id",
         (groups.root_of(scope), scope, low, high),
     ).fetchall()
@@ -184,7 +121,7 @@ def claim(conn: sqlite3.Connection, now_ns: int, lease_ns: int, limit: int) -> l
     subs = {
         row[0]: subscription_from_row(row)
         for row in conn.execute(
-            f"SELECT {_SUBSCRIPTION_COLUMNS} FROM subscriptions"
+            f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
             f" WHERE id IN ({','.join('?' * len(sub_ids))})",
             sub_ids,
         )
@@ -280,8 +217,7 @@ def record(conn: sqlite3.Connection, result: AttemptResult) -> bool:
             (result.subscription_id, result.disable_if_failing_since_ns),
         ).fetchone()
         if failing:
-            days = (result.now_ns - result.disable_if_failing_since_ns) / 86_400e9
-            reason = f"every delivery has failed for {days:g} days"
+            reason = failing_reason(result.now_ns, result.disable_if_failing_since_ns)
     if reason is not None:
         conn.execute(
             "UPDATE subscriptions SET state = 'disabled', state_reason = ?, updated_ns = ?"
@@ -292,11 +228,19 @@ def record(conn: sqlite3.Connection, result: AttemptResult) -> bool:
 
 
 def list_deliveries(
-    conn: sqlite3.Connection, sub_id: str, status: str | None, after: int | None, limit: int
+    conn: sqlite3.Connection,
+    sub_id: str,
+    status: str | None,
+    after: int | None,
+    limit: int,
+    viewer_roles: int = 15,
 ) -> list[Delivery]:
-    """A subscription's deliveries, newest first, each with its attempts."""
-    sql = f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.subscription_id = ?"
-    params: list[Any] = [sub_id]
+    """A subscription's deliveries of events a reader with `viewer_roles` sees, newest first."""
+    sql = (
+        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.subscription_id = ?"
+        " AND (e.roles_mask = 0 OR (e.roles_mask & ?) != 0)"
+    )
+    params: list[Any] = [sub_id, viewer_roles]
     if status is not None:
         sql += " AND d.status = ?"
         params.append(status)
@@ -366,19 +310,22 @@ def replay(conn: sqlite3.Connection, sub: Subscription, since_ns: int, now_ns: i
     tenant = groups.root_of(sub.group)
     if sub.group == tenant:
         rows = conn.execute(
-            "SELECT position, type, subject FROM events WHERE tenant = ? AND stored_ns >= ? ORDER BY position",
+            "SELECT position, type, subject, roles_mask FROM events WHERE tenant = ? AND stored_ns >= ?"
+            " ORDER BY position",
             (tenant, since_ns),
         )
     else:
         rows = conn.execute(
-            "SELECT e.position, e.type, e.subject FROM event_scopes s JOIN events e ON e.position = s.position"
+            "SELECT e.position, e.type, e.subject, e.roles_mask FROM event_scopes s"
+            " JOIN events e ON e.position = s.position"
             " WHERE s.scope = ? AND e.stored_ns >= ? ORDER BY s.position",
             (sub.group, since_ns),
         )
+    mask = roles_mask(sub.roles)  # the subscription sees what the token that made it saw
     queued = [
         (sub.id, position, now_ns, now_ns, now_ns)
-        for position, type_, subject in rows
-        if sub.matches(type_, subject)
+        for position, type_, subject, event_mask in rows
+        if sub.matches(type_, subject) and (event_mask == 0 or event_mask & mask)
     ]
     conn.executemany(
         "INSERT INTO deliveries (subscription_id, event_position, status, due_ns, created_ns, updated_ns)"
@@ -424,11 +371,11 @@ class SQLiteDeliveries:
         return await self._engine.write(lambda conn: record(conn, result))
 
     async def deliveries(
-        self, sub_id: str, status: str | None, after: int | None, limit: int
+        self, sub_id: str, status: str | None, after: int | None, limit: int, viewer_roles: int = 15
     ) -> list[Delivery]:
-        """A subscription's deliveries, newest first."""
+        """A subscription's deliveries (of events `viewer_roles` may see), newest first."""
         return await self._engine.read(
-            lambda conn: list_deliveries(conn, sub_id, status, after, limit)
+            lambda conn: list_deliveries(conn, sub_id, status, after, limit, viewer_roles)
         )
 
     async def delivery(self, delivery_id: int) -> Delivery | None:

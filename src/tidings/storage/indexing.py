@@ -1,0 +1,44 @@
+"""What the backends index for each event: the groups that see it and the text that finds it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from tidings import groups
+from tidings.model import EventInput
+
+# What both backends index and search as words: runs of letters and digits.
+WORD = re.compile(r"\w+")
+
+
+def visible_scopes(event: EventInput) -> list[str]:
+    """The groups below the root that see the event: its own ancestors and the allowed groups'."""
+    scopes = set(groups.ancestors(event.group)[1:])
+    for allowed in event.allowed_groups:
+        scopes.update(groups.ancestors(allowed)[1:])
+    return sorted(scopes)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, str | int | float) and not isinstance(value, bool):
+        yield str(value)
+
+
+def searchable_text(event: EventInput) -> str:
+    """What `q` searches: type, subject, actor, description and the body's values."""
+    parts = [
+        event.type,
+        event.subject or "",
+        event.actor or "",
+        str(event.extensions.get("description", "")),
+    ]
+    parts.extend(_strings(event.data.get("body", {})))
+    return " ".join(WORD.findall(" ".join(parts)))

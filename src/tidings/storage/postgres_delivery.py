@@ -1,0 +1,287 @@
+"""The PostgreSQL backend's subscriptions and deliveries: claims with FOR UPDATE SKIP LOCKED."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from tidings import groups
+from tidings.model import (
+    Attempt,
+    AttemptResult,
+    Claim,
+    Delivery,
+    StoredEvent,
+    Subscription,
+    roles_mask,
+)
+from tidings.storage.postgres_events import EVENT_COLUMNS, SQL, WAKE_CHANNEL, event_from_row
+from tidings.storage.rows import (
+    SUBSCRIPTION_COLUMNS,
+    UPDATE_SUBSCRIPTION,
+    failing_reason,
+    placeholders,
+    subscription_changes,
+    subscription_from_row,
+    subscription_values,
+)
+
+_DELIVERY_COLUMNS = (
+    "d.id, d.subscription_id, e.tx, e.seq, d.status, d.attempts, d.due_ns, d.created_ns, d.updated_ns,"
+    " e.id, e.source, e.type"
+)
+_DELIVERY_FROM = (
+    "deliveries d JOIN events e ON e.seq = d.event_seq AND e.stored_ns = d.event_stored_ns"
+)
+
+
+async def insert_subscription(conn: AsyncConnection[Any], sub: Subscription) -> None:
+    """Insert a new subscription."""
+    await conn.execute(
+        f"INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, tenant) VALUES ({', '.join(['%s'] * 17)})",
+        subscription_values(sub),
+    )
+
+
+async def update_subscription(conn: AsyncConnection[Any], sub: Subscription) -> None:
+    """Replace a subscription's mutable fields."""
+    await conn.execute(placeholders(UPDATE_SUBSCRIPTION, "%s"), subscription_changes(sub))
+
+
+async def get_subscription(conn: AsyncConnection[Any], sub_id: str) -> Subscription | None:
+    """A subscription by id."""
+    cursor = await conn.execute(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = %s", (sub_id,)
+    )
+    row = await cursor.fetchone()
+    return None if row is None else subscription_from_row(row)
+
+
+async def list_subscriptions(conn: AsyncConnection[Any], scope: str) -> list[Subscription]:
+    """The subscriptions of `scope` and every group below it."""
+    low, high = groups.subtree_bounds(scope)
+    cursor = await conn.execute(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant = %s"
+        " AND (group_path = %s OR (group_path >= %s AND group_path < %s)) ORDER BY created_ns, id",
+        (groups.root_of(scope), scope, low, high),
+    )
+    return [subscription_from_row(row) for row in await cursor.fetchall()]
+
+
+async def claim(conn: AsyncConnection[Any], now_ns: int, lease_ns: int, limit: int) -> list[Claim]:
+    """Claim due deliveries under a lease; rows another worker holds locked are skipped, not waited for."""
+    token = secrets.token_hex(16)
+    cursor = await conn.execute(
+        "WITH due AS (SELECT id FROM deliveries WHERE status = 'pending' AND due_ns <= %s"
+        " ORDER BY due_ns LIMIT %s FOR UPDATE SKIP LOCKED)"
+        " UPDATE deliveries d SET claim_token = %s, due_ns = %s, updated_ns = %s FROM due WHERE d.id = due.id"
+        " RETURNING d.id, d.subscription_id, d.event_seq, d.event_stored_ns, d.attempts",
+        (now_ns, limit, token, now_ns + lease_ns, now_ns),
+    )
+    rows = await cursor.fetchall()
+    if not rows:
+        return []
+    cursor = await conn.execute(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = ANY(%s)",
+        (sorted({r[1] for r in rows}),),
+    )
+    subs = {row[0]: subscription_from_row(row) for row in await cursor.fetchall()}
+    cursor = await conn.execute(
+        f"SELECT {EVENT_COLUMNS} FROM events e JOIN unnest(%s::bigint[], %s::bigint[]) AS k(seq, stored_ns)"
+        " ON e.seq = k.seq AND e.stored_ns = k.stored_ns",
+        ([r[2] for r in rows], [r[3] for r in rows]),
+    )
+    events: dict[int, StoredEvent] = {}
+    for row in await cursor.fetchall():
+        events[row[1]] = event_from_row(row)
+    claims, orphans = [], []
+    for delivery_id, sub_id, seq, _, attempts in rows:
+        sub, event = subs.get(sub_id), events.get(seq)
+        if sub is None or event is None or sub.state != "active":
+            orphans.append(delivery_id)
+            continue
+        claims.append(
+            Claim(
+                delivery_id=delivery_id,
+                claim_token=token,
+                attempts=attempts,
+                subscription=sub,
+                event=event,
+            )
+        )
+    if orphans:
+        await conn.execute(
+            "UPDATE deliveries SET status = 'failed', claim_token = NULL, updated_ns = %s WHERE id = ANY(%s)",
+            (now_ns, orphans),
+        )
+    return claims
+
+
+async def record(conn: AsyncConnection[Any], result: AttemptResult) -> bool:
+    """Record an attempt if the claim still holds; False when the lease was lost."""
+    cursor = await conn.execute(
+        "UPDATE deliveries SET status = %s, attempts = attempts + 1, due_ns = %s, claim_token = NULL,"
+        " updated_ns = %s WHERE id = %s AND claim_token = %s AND status = 'pending' AND due_ns > %s"
+        " RETURNING (SELECT coalesce(max(number), 0) FROM delivery_attempts WHERE delivery_id = %s)",
+        (
+            result.status,
+            result.next_due_ns if result.next_due_ns is not None else result.now_ns,
+            result.now_ns,
+            result.delivery_id,
+            result.claim_token,
+            result.now_ns,
+            result.delivery_id,
+        ),
+    )
+    held = await cursor.fetchone()
+    if held is None:
+        return False
+    attempt = result.attempt
+    await conn.execute(
+        "INSERT INTO delivery_attempts (delivery_id, number, started_ns, status_code, latency_ms, error, response)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (
+            result.delivery_id,
+            max(attempt.number, held[0] + 1),
+            attempt.started_ns,
+            attempt.status_code,
+            attempt.latency_ms,
+            attempt.error,
+            attempt.response,
+        ),
+    )
+    if result.status == "delivered":
+        await conn.execute(
+            "UPDATE subscriptions SET failing_since_ns = NULL WHERE id = %s AND failing_since_ns IS NOT NULL",
+            (result.subscription_id,),
+        )
+        return True
+    await conn.execute(
+        "UPDATE subscriptions SET failing_since_ns = %s WHERE id = %s AND failing_since_ns IS NULL",
+        (result.now_ns, result.subscription_id),
+    )
+    reason = result.disable_reason
+    if reason is None and result.disable_if_failing_since_ns is not None:
+        cursor = await conn.execute(
+            "SELECT 1 FROM subscriptions WHERE id = %s AND failing_since_ns <= %s",
+            (result.subscription_id, result.disable_if_failing_since_ns),
+        )
+        if await cursor.fetchone():
+            reason = failing_reason(result.now_ns, result.disable_if_failing_since_ns)
+    if reason is not None:
+        await conn.execute(
+            "UPDATE subscriptions SET state = 'disabled', state_reason = %s, updated_ns = %s"
+            " WHERE id = %s AND state = 'active'",
+            (reason, result.now_ns, result.subscription_id),
+        )
+    return True
+
+
+async def _with_attempts(
+    conn: AsyncConnection[Any], rows: Sequence[Sequence[Any]]
+) -> list[Delivery]:
+    cursor = await conn.execute(
+        "SELECT delivery_id, number, started_ns, status_code, latency_ms, error, response FROM delivery_attempts"
+        " WHERE delivery_id = ANY(%s) ORDER BY delivery_id, number",
+        ([row[0] for row in rows],),
+    )
+    attempts: dict[int, list[Attempt]] = {}
+    for a in await cursor.fetchall():
+        attempts.setdefault(a[0], []).append(
+            Attempt(
+                number=a[1],
+                started_ns=a[2],
+                status_code=a[3],
+                latency_ms=a[4],
+                error=a[5],
+                response=a[6],
+            )
+        )
+    return [
+        Delivery(
+            id=row[0],
+            subscription_id=row[1],
+            event_position=(row[2] << 64) | row[3],
+            status=row[4],
+            attempts=row[5],
+            due_ns=row[6],
+            created_ns=row[7],
+            updated_ns=row[8],
+            event_id=row[9],
+            event_source=row[10],
+            event_type=row[11],
+            attempt_log=tuple(attempts.get(row[0], ())),
+        )
+        for row in rows
+    ]
+
+
+async def list_deliveries(
+    conn: AsyncConnection[Any],
+    sub_id: str,
+    status: str | None,
+    after: int | None,
+    limit: int,
+    viewer_roles: int,
+) -> list[Delivery]:
+    """A subscription's deliveries of events the viewer may see, newest first."""
+    sql = (
+        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.subscription_id = %s"
+        " AND (e.roles_mask = 0 OR (e.roles_mask & %s) != 0)"
+    )
+    params: list[Any] = [sub_id, viewer_roles]
+    if status is not None:
+        sql += " AND d.status = %s"
+        params.append(status)
+    if after is not None:
+        sql += " AND d.id < %s"
+        params.append(after)
+    sql += " ORDER BY d.id DESC LIMIT %s"
+    params.append(limit)
+    cursor = await conn.execute(sql, params)
+    return await _with_attempts(conn, await cursor.fetchall())
+
+
+async def get_delivery(conn: AsyncConnection[Any], delivery_id: int) -> Delivery | None:
+    """One delivery with its attempts."""
+    cursor = await conn.execute(
+        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.id = %s", (delivery_id,)
+    )
+    rows = await cursor.fetchall()
+    found = await _with_attempts(conn, rows) if rows else []
+    return found[0] if found else None
+
+
+async def replay(conn: AsyncConnection[Any], sub: Subscription, since_ns: int, now_ns: int) -> int:
+    """Queue every stored event the subscription sees, stored since `since_ns`, that matches it."""
+    tenant = groups.root_of(sub.group)
+    if sub.group == tenant:
+        cursor = await conn.execute(
+            "SELECT e.seq, e.stored_ns, e.type, e.subject, e.roles_mask FROM events e"
+            " WHERE e.tenant = %s AND e.stored_ns >= %s ORDER BY e.tx, e.seq",
+            (tenant, since_ns),
+        )
+    else:
+        cursor = await conn.execute(
+            "SELECT e.seq, e.stored_ns, e.type, e.subject, e.roles_mask FROM event_scopes s"
+            f" JOIN events e ON {SQL.scope_join()} WHERE s.scope = %s AND s.stored_ns >= %s ORDER BY s.tx, s.seq",
+            (sub.group, since_ns),
+        )
+    mask = roles_mask(sub.roles)
+    queued = [
+        (sub.id, seq, stored_ns, "pending", now_ns, now_ns, now_ns)
+        for seq, stored_ns, type_, subject, event_mask in await cursor.fetchall()
+        if sub.matches(type_, subject) and (event_mask == 0 or event_mask & mask)
+    ]
+    if queued:
+        async with conn.cursor().copy(
+            "COPY deliveries (subscription_id, event_seq, event_stored_ns, status, due_ns, created_ns, updated_ns)"
+            " FROM STDIN"
+        ) as copy:
+            for row in queued:
+                await copy.write_row(row)
+        await conn.execute(f"NOTIFY {WAKE_CHANNEL}")
+    return len(queued)

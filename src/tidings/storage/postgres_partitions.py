@@ -1,0 +1,71 @@
+"""Daily partitions of the PostgreSQL events: made ahead of time, dropped whole by retention."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+
+DAY_NS = 86_400 * 1_000_000_000
+PARTITIONED = ("events", "event_scopes")
+
+
+def day_of(ns: int) -> int:
+    """The day number (since the epoch) of an instant."""
+    return ns // DAY_NS
+
+
+def partition_name(table: str, day: int) -> str:
+    """The name of a table's partition for a day: `events_20261125`."""
+    return f"{table}_{time.strftime('%Y%m%d', time.gmtime(day * 86_400))}"
+
+
+async def ensure_partitions(conn: AsyncConnection[Any], first_day: int, last_day: int) -> list[str]:
+    """Create the partitions of every day from `first_day` to `last_day` that do not exist yet."""
+    created = []
+    existing = await partitions(conn)
+    for day in range(first_day, last_day + 1):
+        for table in PARTITIONED:
+            name = partition_name(table, day)
+            if name in existing:
+                continue
+            await conn.execute(
+                sql.SQL(
+                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})"
+                ).format(
+                    sql.Identifier(name),
+                    sql.Identifier(table),
+                    sql.Literal(day * DAY_NS),
+                    sql.Literal((day + 1) * DAY_NS),
+                )
+            )
+            created.append(name)
+    return created
+
+
+async def partitions(conn: AsyncConnection[Any]) -> dict[str, int]:
+    """The existing partitions of the partitioned tables, with the day each holds."""
+    cursor = await conn.execute(
+        "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i"
+        " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class p ON p.oid = i.inhparent"
+        " JOIN pg_namespace n ON n.oid = p.relnamespace"
+        " WHERE p.relname = ANY(%s) AND n.nspname = current_schema()",
+        (list(PARTITIONED),),
+    )
+    found = {}
+    for name, bound in await cursor.fetchall():
+        # FOR VALUES FROM ('1764028800000000000') TO ('1764115200000000000')
+        low = int(bound.split("(")[1].split(")")[0].strip("'"))
+        found[name] = day_of(low)
+    return found
+
+
+async def drop_days_before(conn: AsyncConnection[Any], day: int) -> list[str]:
+    """Drop every partition holding only days before `day`; return their names."""
+    dropped = []
+    for name, held in sorted((await partitions(conn)).items()):
+        if held < day:
+            await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+            dropped.append(name)
+    return dropped

@@ -1,0 +1,154 @@
+"""The SQL of event queries, shared by the backends: filters, visibility, lists, counts and stats.
+
+A backend supplies its dialect: the placeholder, how a scope is selected, how
+positions compare, and how text is searched. Everything else is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from tidings import groups
+from tidings.model import EventQuery
+from tidings.storage.indexing import WORD
+
+EVENT_COLUMNS = "e.id, e.source, e.type, e.group_path, e.attributes, e.data"
+GROUP_BY_COLUMNS = {
+    "type": "e.type",
+    "group": "e.group_path",
+    "actor": "e.actor",
+    "source": "e.source",
+    "subject": "e.subject",
+}
+INTERVALS = {"hour": 3_600_000_000_000, "day": 86_400_000_000_000}
+
+
+def prefix_range(prefix: str) -> tuple[str, str]:
+    """The half-open string range of everything that starts with `prefix`."""
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+class EventSQL:
+    """Builds the SQL of event queries; subclasses set the dialect."""
+
+    p = "?"
+
+    def position_columns(self, alias: str) -> list[str]:
+        """The columns of the ingest order, for a table alias (`e` or `s`)."""
+        raise NotImplementedError
+
+    def after(self, columns: list[str], position: int, descending: bool) -> tuple[str, list[Any]]:
+        """The condition for rows after (or, descending, before) a position."""
+        raise NotImplementedError
+
+    def text_match(self) -> str:
+        """A condition on `e` that matches a full-text query given as one parameter."""
+        raise NotImplementedError
+
+    def text_query(self, words: list[str]) -> str:
+        """The full-text query (the parameter of `text_match`) finding events with every word as a prefix."""
+        raise NotImplementedError
+
+    def visible_now(self, alias: str) -> str:
+        """A condition keeping only rows every reader can see in order (empty: all committed rows)."""
+        return ""
+
+    def scoped(self, scope: str) -> tuple[str, list[Any], list[str]]:
+        """FROM and WHERE of the events visible from `scope`, and the order columns."""
+        p = self.p
+        tenant = groups.root_of(scope)
+        if scope == tenant:
+            return (
+                f"FROM events e WHERE e.tenant = {p}{self.visible_now('e')}",
+                [tenant],
+                self.position_columns("e"),
+            )
+        return (
+            f"FROM event_scopes s JOIN events e ON {self.scope_join()} WHERE s.scope = {p}{self.visible_now('s')}",
+            [scope],
+            self.position_columns("s"),
+        )
+
+    def scope_join(self) -> str:
+        """How a scope row joins its event."""
+        raise NotImplementedError
+
+    def filters(self, query: EventQuery, order_columns: list[str]) -> tuple[str, list[Any]]:
+        """The WHERE terms of a query's filters, after the scope's."""
+        p = self.p
+        sql = f" AND (e.roles_mask = 0 OR (e.roles_mask & {p}) != 0)"
+        params: list[Any] = [query.viewer_roles]
+        type_terms = []
+        if query.types:
+            type_terms.append(f"e.type IN ({', '.join([p] * len(query.types))})")
+            params.extend(query.types)
+        for prefix in query.type_prefixes:
+            type_terms.append(f"(e.type >= {p} AND e.type < {p})")
+            params.extend(prefix_range(prefix))
+        if type_terms:
+            sql += " AND (" + " OR ".join(type_terms) + ")"
+        for column, value in (
+            ("e.source", query.source),
+            ("e.subject", query.subject),
+            ("e.actor", query.actor),
+            ("e.eventkey", query.eventkey),
+        ):
+            if value is not None:
+                sql += f" AND {column} = {p}"
+                params.append(value)
+        if query.subject_prefix:
+            sql += f" AND e.subject >= {p} AND e.subject < {p}"
+            params.extend(prefix_range(query.subject_prefix))
+        elif query.subject_prefix == "":
+            sql += " AND e.subject IS NOT NULL"
+        if query.since_ns is not None:
+            sql += f" AND e.time_ns >= {p}"
+            params.append(query.since_ns)
+        if query.until_ns is not None:
+            sql += f" AND e.time_ns < {p}"
+            params.append(query.until_ns)
+        if query.text is not None:
+            sql += f" AND {self.text_match()}"
+            params.append(self.text_query(WORD.findall(query.text)))
+        if query.after is not None:
+            condition, more = self.after(order_columns, query.after, query.descending)
+            sql += f" AND {condition}"
+            params.extend(more)
+        return sql, params
+
+    def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
+        """A page of events: the position columns, then EVENT_COLUMNS."""
+        source, params, order = self.scoped(query.scope)
+        where, more = self.filters(query, order)
+        direction = "DESC" if query.descending else "ASC"
+        ordering = ", ".join(f"{column} {direction}" for column in order)
+        sql = f"SELECT {', '.join(order)}, {EVENT_COLUMNS} {source}{where} ORDER BY {ordering} LIMIT {self.p}"
+        return sql, [*params, *more, query.limit]
+
+    def count_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
+        """Every event a query matches, counted (its cursor and limit ignored)."""
+        source, params, order = self.scoped(query.scope)
+        where, more = self.filters(replace(query, after=None), order)
+        return f"SELECT count(*) {source}{where}", [*params, *more]
+
+    def stats_sql(
+        self, query: EventQuery, group_by: Sequence[str], interval: str | None
+    ) -> tuple[str, list[Any]]:
+        """Counts per `group_by` fields and time bucket, most first."""
+        source, params, order = self.scoped(query.scope)
+        where, more = self.filters(query, order)
+        keys = [GROUP_BY_COLUMNS[name] for name in group_by]
+        if interval is not None:
+            width = INTERVALS[interval]
+            # Floored (division truncates toward zero): a time before 1970 is in its own bucket.
+            keys.append(
+                f"CASE WHEN e.time_ns < 0 THEN ((e.time_ns + 1) / {width} - 1) * {width}"
+                f" ELSE (e.time_ns / {width}) * {width} END"
+            )
+        numbers = ", ".join(str(i + 1) for i in range(len(keys)))
+        select = "".join(f"{key}, " for key in keys)
+        grouping = f" GROUP BY {numbers}" if keys else ""
+        ordering = " ORDER BY count(*) DESC" + (f", {numbers}" if keys else "")
+        return f"SELECT {select}count(*) {source}{where}{grouping}{ordering}", [*params, *more]

@@ -1,0 +1,2 @@
+-- Retention deletes events by the time they were stored.
+CREATE INDEX events_stored ON events (stored_ns);
