@@ -12,7 +12,7 @@ from starlette.responses import Response
 from tidings import groups, timestamps, wire
 from tidings.api.auth import authenticate
 from tidings.api.body import read_limited
-from tidings.api.state import state_of
+from tidings.api.state import AppState, state_of
 from tidings.errors import (
     BadRequest,
     Conflict,
@@ -313,36 +313,13 @@ def _type_filter(values: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 
 # Declared before get_event: its `{event_id:path}` would otherwise take `<id>/payload` too.
-@router.get("/{event_id}/payload", response_class=Response)
-async def get_payload(
-    request: Request,
-    event_id: str,
-    source: Annotated[str | None, Query(description="tells apart events that share an id")] = None,
-) -> Response:
-    """The raw payload an inbound webhook received for this event."""
-    principal = await authenticate(request)
-    principal.require("viewer")
-    state = state_of(request)
-    found = await state.storage.find_events(
-        principal.group, event_id, source, limit=2, viewer_roles=roles_mask(principal.roles)
-    )
-    if len(found) != 1:
-        raise NotFound(
-            f"no single visible event has id {event_id!r}; pass source if several share it"
-        )
-    payload = await state.storage.event_payload(found[0].position)
-    if payload is None:
-        raise NotFound("this event did not come through an inbound webhook; it has no raw payload")
-    return Response(payload, headers=_JSON_HEADERS)
+SourceQuery = Annotated[str | None, Query(description="tells apart events that share an id")]
 
 
-@router.get("/{event_id:path}", response_class=Response)
-async def get_event(
-    request: Request,
-    event_id: str,
-    source: Annotated[str | None, Query(description="tells apart events that share an id")] = None,
-) -> Response:
-    """One visible event by its CloudEvents id."""
+async def visible_event(
+    request: Request, event_id: str, source: str | None
+) -> tuple[AppState, StoredEvent]:
+    """The one event with this id (and source) that the caller may see: 404 if none, 409 if several."""
     principal = await authenticate(request)
     principal.require("viewer")
     state = state_of(request)
@@ -358,4 +335,21 @@ async def get_event(
             f"several visible events have id {event_id!r}; pass source to choose one",
             details=[{"source": event.source} for event in found],
         )
-    return Response(found[0].to_json(), headers=_JSON_HEADERS)
+    return state, found[0]
+
+
+@router.get("/{event_id}/payload", response_class=Response)
+async def get_payload(request: Request, event_id: str, source: SourceQuery = None) -> Response:
+    """The raw payload an inbound webhook received for this event."""
+    state, event = await visible_event(request, event_id, source)
+    payload = await state.storage.event_payload(event.position)
+    if payload is None:
+        raise NotFound("this event did not come through an inbound webhook; it has no raw payload")
+    return Response(payload, headers=_JSON_HEADERS)
+
+
+@router.get("/{event_id:path}", response_class=Response)
+async def get_event(request: Request, event_id: str, source: SourceQuery = None) -> Response:
+    """One visible event by its CloudEvents id."""
+    _, event = await visible_event(request, event_id, source)
+    return Response(event.to_json(), headers=_JSON_HEADERS)

@@ -42,6 +42,7 @@ from tidings.storage.migrations import migration_files
 from tidings.storage.postgres_events import (
     SQL,
     WAKE_CHANNEL,
+    begin_ingest,
     event_from_row,
     find_sql,
     ingest,
@@ -68,6 +69,7 @@ from tidings.storage.rows import (
 T = TypeVar("T")
 log = structlog.get_logger("tidings.postgres")
 MIGRATION_LOCK = 7_160_946_001  # pg_advisory_xact_lock key of tidings' migrations
+HORIZON = "ingest_horizon()"  # how SQL.visible_now() bounds a query; replaced by its value
 DAYS_AHEAD = (
     1  # housekeeping runs hourly, so tomorrow's partitions exist long before they are needed
 )
@@ -170,19 +172,37 @@ class PostgresStorage(Storage):
 
         return await self._run(fetch)
 
+    async def _visible_rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Rows of an event query from `SQL`, below an ingest horizon read in a statement before it.
+
+        Read inside the query, the horizon would be read after the query's snapshot was taken:
+        an ingest committing in between would count as finished yet be missing from the rows,
+        and a page could hold a later ingest's events without its own; the reader's cursor
+        would pass them for good. Read first, every ingest below it is in the query's snapshot.
+        """
+
+        async def fetch(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cursor = await conn.execute(f"SELECT {HORIZON}")
+            row = await cursor.fetchone()
+            assert row is not None
+            cursor = await conn.execute(query.replace(HORIZON, str(int(row[0]))), params)
+            return [tuple(found) for found in await cursor.fetchall()]
+
+        return await self._run(fetch)
+
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
         sql, params = SQL.list_sql(query)
-        return [event_from_row(row) for row in await self._rows(sql, params)]
+        return [event_from_row(row) for row in await self._visible_rows(sql, params)]
 
     async def count_events(self, query: EventQuery) -> int:
         sql, params = SQL.count_sql(query)
-        return int((await self._rows(sql, params))[0][0])
+        return int((await self._visible_rows(sql, params))[0][0])
 
     async def event_stats(
         self, query: EventQuery, group_by: Sequence[str], interval: str | None
     ) -> list[tuple[Any, ...]]:
         sql, params = SQL.stats_sql(query, group_by, interval)
-        return await self._rows(sql, params)
+        return await self._visible_rows(sql, params)
 
     async def event_payload(self, position: int) -> str | None:
         rows = await self._rows("SELECT payload FROM events WHERE seq = %s", (unpack(position)[1],))
@@ -356,6 +376,7 @@ class PostgresStorage(Storage):
         await self._ensure_days(day_of(now_ns), day_of(now_ns))
 
         async def create(conn: AsyncConnection[Any]) -> list[Ingested]:
+            await begin_ingest(conn)
             await deliveries.insert_subscription(conn, sub)
             return await ingest(conn, events, now_ns)
 
@@ -370,6 +391,7 @@ class PostgresStorage(Storage):
         await self._ensure_days(day_of(now_ns), day_of(now_ns))
 
         async def delete(conn: AsyncConnection[Any]) -> list[Ingested] | None:
+            await begin_ingest(conn)
             cursor = await conn.execute(
                 "DELETE FROM subscriptions WHERE id = %s RETURNING 1", (sub_id,)
             )

@@ -14,7 +14,7 @@ from psycopg import AsyncConnection
 
 from tidings import groups
 from tidings.errors import Conflict
-from tidings.model import EventInput, Ingested, StoredEvent, Subscription
+from tidings.model import EventInput, EventQuery, Ingested, StoredEvent, Subscription
 from tidings.storage import querying
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.rows import (
@@ -42,6 +42,16 @@ def pack(tx: int, seq: int) -> int:
 def unpack(position: int) -> tuple[int, int]:
     """The (tx, seq) pair of a position."""
     return position >> LOW_BITS, position & ((1 << LOW_BITS) - 1)
+
+
+async def begin_ingest(conn: AsyncConnection[Any]) -> None:
+    """Mark a transaction that will ingest, before it writes anything else.
+
+    Readers' horizon (`ingest_horizon()`) trusts that an ingest holds the advisory lock from
+    before it has a transaction id. A transaction that writes other rows first (a subscription
+    and its audit event) must take the lock before those writes give it an id.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (INGEST_LOCK,))
 
 
 def event_from_row(row: Sequence[Any]) -> StoredEvent:
@@ -81,10 +91,35 @@ class PostgresEventSQL(querying.EventSQL):
 
     def visible_now(self, alias: str) -> str:
         # Only rows older than every ingest still running: nothing can commit below them later.
-        return f" AND {alias}.tx < ingest_horizon()"
+        # A subquery, so that it is evaluated once per statement (an InitPlan): called bare,
+        # it runs (reading pg_locks) in every partition's index scan, ~90 times a page.
+        return f" AND {alias}.tx < (SELECT ingest_horizon())"
 
     def scope_join(self) -> str:
         return "e.seq = s.seq AND e.stored_ns = s.stored_ns"
+
+    def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
+        """A page of events, as the shared SQL, but a subtree's scope rows fetch their events one
+        by one, in order, until the page is full.
+
+        The planner takes the join's two equalities (seq, stored_ns) as independent and expects
+        about one row out of it, so it may hash all the events to join a few scope rows. A
+        LATERAL subquery (OFFSET 0 keeps it from being flattened back into a join) leaves it one
+        plan: the scope index in order, each row's event looked up in its own partition only.
+        """
+        if query.scope == groups.root_of(query.scope):
+            return super().list_sql(query)
+        source = (
+            "FROM event_scopes s CROSS JOIN LATERAL"
+            f" (SELECT * FROM events e WHERE {self.scope_join()} OFFSET 0) e"
+            f" WHERE s.scope = %s{self.visible_now('s')}"
+        )
+        order = self.position_columns("s")
+        where, more = self.filters(query, order)
+        direction = "DESC" if query.descending else "ASC"
+        ordering = ", ".join(f"{column} {direction}" for column in order)
+        sql = f"SELECT {', '.join(order)}, {querying.EVENT_COLUMNS} {source}{where} ORDER BY {ordering} LIMIT %s"
+        return sql, [query.scope, *more, query.limit]
 
 
 SQL = PostgresEventSQL()

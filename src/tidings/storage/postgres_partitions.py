@@ -9,6 +9,7 @@ from psycopg import AsyncConnection, sql
 
 DAY_NS = 86_400 * 1_000_000_000
 PARTITIONED = ("events", "event_scopes")
+PARTITION_LOCK = 7_160_946_002  # pg_advisory_xact_lock key: one process makes partitions at a time
 
 
 def day_of(ns: int) -> int:
@@ -22,7 +23,12 @@ def partition_name(table: str, day: int) -> str:
 
 
 async def ensure_partitions(conn: AsyncConnection[Any], first_day: int, last_day: int) -> list[str]:
-    """Create the partitions of every day from `first_day` to `last_day` that do not exist yet."""
+    """Create the partitions of every day from `first_day` to `last_day` that do not exist yet.
+
+    Processes starting together on a new database (or making the same day's partitions at
+    once) take turns: `CREATE TABLE IF NOT EXISTS` alone fails in all but one of them.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
     created = []
     existing = await partitions(conn)
     for day in range(first_day, last_day + 1):
