@@ -302,3 +302,25 @@ def test_test_endpoint_sends_at_once(client: TestClient, tenant: Tenant, receive
     [got] = receiver.wait_for(1)
     assert got.header("Ce-Type") == "dev.tidings.subscription.test.v1"
     assert json.loads(got.body)["body"]["id"] == sub["id"]
+
+
+def test_secret_parts_of_a_sink_are_shown_only_to_editors(
+    client: TestClient, tenant: Tenant, receivers: Any
+) -> None:
+    """A viewer and the audit log see the sink without its path secrets and query; an editor sees it all."""
+    sink = receivers().url + "/services/T000/B000/XXXXSECRET?token=abc"
+    created = subscribe(client, tenant.owner, tenant.root, sink)
+    assert created["sink"] == sink
+    seen = client.get(f"/v1/subscriptions/{created['id']}", headers=auth(tenant.viewer)).json()
+    listed = client.get("/v1/subscriptions", headers=auth(tenant.viewer)).json()["subscriptions"]
+    [audit] = events_of_type(client, tenant.viewer, CREATED)
+    for shown in (seen["sink"], listed[0]["sink"], audit["data"]["body"]["sink"]):
+        assert "XXXXSECRET" not in shown
+        assert "token=abc" not in shown
+        assert shown.startswith(
+            receivers.__self__.url if hasattr(receivers, "__self__") else "http://127.0.0.1:"
+        )
+    assert (
+        client.get(f"/v1/subscriptions/{created['id']}", headers=auth(tenant.owner)).json()["sink"]
+        == sink
+    )

@@ -212,6 +212,7 @@ def test_binary_mode_with_another_specversion_is_refused(
         ({"specversion": "0.3"}, "specversion"),
         ({"time": "yesterday"}, "time"),
         ({"time": "2024-02-30T00:00:00Z"}, "time"),
+        ({"time": "3000-01-01T00:00:00Z"}, "time"),
         ({"group": "Acme/Team"}, "group"),
         ({"group": "a//b"}, "group"),
         ({"group": "a/../b"}, "group"),

@@ -119,3 +119,15 @@ def _schema_values(schema: dict[str, Any], key: str) -> list[Any]:
         elif value is not None:
             values.append(value)
     return values
+
+
+def test_openapi_documents_errors_as_they_are_answered(client: TestClient) -> None:
+    """Validation errors are documented as 400 in tidings' error format, never as FastAPI's 422."""
+    document = client.get("/openapi.json").json()
+    listing = document["paths"]["/v1/events"]["get"]["responses"]
+    assert "422" not in listing
+    assert listing["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert client.get("/v1/events", params={"limit": 1000}).status_code in (400, 401)

@@ -663,3 +663,27 @@ def test_far_since_and_until_are_not_a_500(client: TestClient, tenant: Tenant) -
     listed = client.get("/v1/events", params=far, headers=auth(tenant.viewer))
     assert listed.status_code == 200, listed.text
     assert len(listed.json()["events"]) == 1
+
+
+def test_stats_answer_at_most_limit_rows_the_largest_first(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """`limit` bounds the rows; `has_more` says whether smaller counts were left out."""
+    for index, count in enumerate((3, 2, 1)):
+        for n in range(count):
+            ingest(
+                client,
+                tenant.producer,
+                event(tenant.root, id=f"lim-{index}-{n}", subject=f"s{index}"),
+            )
+    response = client.get(
+        "/v1/events/stats", params={"group_by": "subject", "limit": 2}, headers=auth(tenant.viewer)
+    ).json()
+    assert response == {
+        "rows": [{"subject": "s0", "count": 3}, {"subject": "s1", "count": 2}],
+        "has_more": True,
+    }
+    everything = client.get(
+        "/v1/events/stats", params={"group_by": "subject"}, headers=auth(tenant.viewer)
+    )
+    assert everything.json()["has_more"] is False

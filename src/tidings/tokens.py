@@ -63,11 +63,14 @@ class Principal:
     group: str
     roles: frozenset[str]
     subject: str | None = None
+    expires_ns: int | None = None
 
     @classmethod
     def of(cls, token: Token) -> Principal:
         """The principal a stored token stands for."""
-        return cls(token.id, token.group, effective_roles(token.roles), token.subject)
+        return cls(
+            token.id, token.group, effective_roles(token.roles), token.subject, token.expires_ns
+        )
 
     def sees(self, group: str) -> bool:
         """Whether `group` lies in this principal's subtree."""

@@ -152,6 +152,10 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
     subject = _text(attributes, "subject", required=False)
     raw_time = attributes.pop("time", None)
     time = None if raw_time is None else timestamps.parse(raw_time, "time")
+    if time is not None and not -(2**63) <= time.ns < 2**63:
+        raise BadRequest(
+            f"time is outside the range tidings stores (the years 1678 to 2261): {raw_time!r}"
+        )
     if "group" not in attributes:
         raise BadRequest("group is required")
     group = parse_group(attributes.pop("group"))

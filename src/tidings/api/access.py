@@ -84,6 +84,11 @@ async def create_token(request: Request, spec: TokenCreate) -> dict[str, Any]:
     expires_ns = None if spec.expires_at is None else parse(spec.expires_at, "expires_at").ns
     if expires_ns is not None and expires_ns <= now:
         raise BadRequest("expires_at must be in the future")
+    if principal.expires_ns is not None:
+        # A token never outlives the token that made it.
+        if expires_ns is not None and expires_ns > principal.expires_ns:
+            raise BadRequest("expires_at may not be later than the expiry of the token creating it")
+        expires_ns = principal.expires_ns if expires_ns is None else expires_ns
     token, secret = new_token(group, spec.roles, spec.name, spec.subject, expires_ns, now)
     await state.storage.create_token(token)
     return token_json(token, secret)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from tidings import __version__
 from tidings.api import access, errors, events, health, subscriptions, types, webhooks, wellknown
@@ -63,6 +65,17 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     )
     app.state.tidings = state
     errors.install(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = errors.document_errors(
+                get_openapi(
+                    title=app.title, version=app.version, summary=app.summary, routes=app.routes
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     for module in (events, subscriptions, webhooks, access, types, wellknown, health):
         app.include_router(module.router)
     return app

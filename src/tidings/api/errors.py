@@ -64,3 +64,49 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message", "details"],
+            "properties": {
+                "code": {"type": "string", "examples": ["bad_request"]},
+                "message": {"type": "string"},
+                "details": {"type": "array", "items": {"type": "object"}},
+            },
+        }
+    },
+}
+_ERRORS = {
+    "400": "malformed: the message says what is wrong",
+    "401": "no, unknown or expired token",
+    "403": "the token may not do this",
+    "404": "not found, or not visible to the token",
+}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make an OpenAPI document tell the truth about errors: FastAPI documents its validation
+    errors as 422 `HTTPValidationError`, which tidings answers as 400 in its own format."""
+    schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        schema["components"]["schemas"].pop(name, None)
+    reference = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    for path, operations in schema.get("paths", {}).items():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None) if "HTTPValidationError" in str(
+                responses.get("422")
+            ) else None
+            authenticated = (
+                path.startswith("/v1/") and not path.endswith("/events")
+            ) or path == "/v1/events"
+            for status, description in _ERRORS.items():
+                if status == "400" or authenticated:
+                    entry = responses.setdefault(status, {"description": description})
+                    entry.setdefault("content", reference)
+    return schema

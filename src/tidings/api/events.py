@@ -147,13 +147,23 @@ async def ingest(request: Request) -> Response:
 
 
 def _authorize(token_group: str, events: list[EventInput], batch: bool) -> None:
-    outside = [i for i, event in enumerate(events) if not groups.contains(token_group, event.group)]
+    """A producer writes only into its subtree: the event's group and every group it is shared with."""
+    outside = [
+        (i, group)
+        for i, event in enumerate(events)
+        for group in (event.group, *event.allowed_groups)
+        if not groups.contains(token_group, group)
+    ]
     if not outside:
         return
-    details = [{"index": i, "group": events[i].group} for i in outside] if batch else []
+    details = [{"index": i, "group": group} for i, group in outside] if batch else []
     raise Forbidden(
-        f"the token's group {token_group!r} does not contain the group of "
-        + (f"{len(outside)} events in the batch" if batch else f"the event ({events[0].group!r})"),
+        f"the token's group {token_group!r} does not contain "
+        + (
+            f"the groups of {len({i for i, _ in outside})} events in the batch"
+            if batch
+            else f"the group {outside[0][1]!r} of the event"
+        ),
         details=details,
     )
 
@@ -269,21 +279,25 @@ async def event_stats(
     interval: Annotated[
         Literal["hour", "day"] | None, Query(description="count per hour or day")
     ] = None,
+    limit: Annotated[
+        int, Query(ge=1, le=10_000, description="rows at most, the largest counts")
+    ] = 1000,
 ) -> dict[str, Any]:
     """Counts of the visible events matching the filters, by field and/or time bucket, most first."""
     principal = await authenticate(request)
     principal.require("viewer")
     fields = list(dict.fromkeys(group_by or []))
     state = state_of(request)
-    rows = await state.storage.event_stats(event_query(principal, filters), fields, interval)
+    query = event_query(principal, filters, limit=limit + 1)
+    rows = await state.storage.event_stats(query, fields, interval)
     answer = []
-    for row in rows:
+    for row in rows[:limit]:
         item: dict[str, Any] = dict(zip(fields, row, strict=False))
         if interval is not None:
             item["interval_start"] = timestamps.from_ns(int(row[len(fields)]), 0).render()
         item["count"] = int(row[-1])
         answer.append(item)
-    return {"rows": answer}
+    return {"rows": answer, "has_more": len(rows) > limit}
 
 
 def _next_cursor(

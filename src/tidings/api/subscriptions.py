@@ -8,6 +8,7 @@ import re
 import secrets
 from dataclasses import replace
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import uuid6
 from fastapi import APIRouter, Query, Request, Response
@@ -76,13 +77,28 @@ class Replay(BaseModel):
     since: str = Field(description="RFC 3339")
 
 
-def subscription_json(sub: Subscription, secret: str | None = None) -> dict[str, Any]:
-    """The JSON form of a subscription; its signing secret only when created."""
+def redacted_sink(sink: str) -> str:
+    """A sink without what may be a credential: the query, userinfo, and the path past its first
+    segment (a Slack incoming-webhook URL is itself a secret: /services/T000/B000/XXXX)."""
+    parts = urlsplit(sink)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    segments = [segment for segment in parts.path.split("/") if segment]
+    path = "/" + segments[0] + ("/…" if len(segments) > 1 else "") if segments else "/"
+    return urlunsplit((parts.scheme, host, path, "…" if parts.query else "", ""))
+
+
+def subscription_json(
+    sub: Subscription, secret: str | None = None, full_sink: bool = True
+) -> dict[str, Any]:
+    """The JSON form of a subscription; its signing secret only when created, its whole sink
+    only for editors."""
     body: dict[str, Any] = {
         "id": sub.id,
         "parent": sub.group,
         "kind": sub.kind,
-        "sink": sub.sink,
+        "sink": sub.sink if full_sink else redacted_sink(sub.sink),
         "types": list(sub.types),
         "subject": sub.subject_prefix,
         "description": sub.description,
@@ -251,7 +267,10 @@ async def create_subscription(request: Request, spec: SubscriptionCreate) -> dic
         created_ns=now,
         updated_ns=now,
     )
-    audit = _audit_event(state, principal, CREATED, sub, {"id": sub.id, "sink": sub.sink})
+    # The audit log is read by every viewer above the group: it names the sink without secrets.
+    audit = _audit_event(
+        state, principal, CREATED, sub, {"id": sub.id, "sink": redacted_sink(sub.sink)}
+    )
     await state.storage.create_subscription(sub, [audit], now)
     state.wake_worker()
     return subscription_json(sub, secret)
@@ -268,7 +287,9 @@ async def list_subscriptions(
     principal.require("viewer", scope)
     found = await state_of(request).storage.subscriptions(scope)
     return {
-        "subscriptions": [subscription_json(s) for s in found],
+        "subscriptions": [
+            subscription_json(s, full_sink="editor" in principal.roles) for s in found
+        ],
         "has_more": False,
         "next_cursor": None,
     }
@@ -339,7 +360,7 @@ async def get_subscription(request: Request, sub_id: str) -> dict[str, Any]:
     state = state_of(request)
     sub = await visible_subscription(state, principal, sub_id)
     principal.require("viewer", sub.group)
-    return subscription_json(sub)
+    return subscription_json(sub, full_sink="editor" in principal.roles)
 
 
 @router.patch("/v1/subscriptions/{sub_id:path}")
@@ -392,7 +413,8 @@ async def retry_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
     """Queue a finished delivery again, at once, with a fresh schedule."""
     principal = await authenticate(request)
     state = state_of(request)
-    delivery = await state.storage.delivery(int(delivery_id)) if delivery_id.isdigit() else None
+    valid = delivery_id.isascii() and delivery_id.isdigit() and len(delivery_id) <= 18
+    delivery = await state.storage.delivery(int(delivery_id)) if valid else None
     sub = None if delivery is None else await state.storage.subscription(delivery.subscription_id)
     if delivery is None or sub is None or not principal.sees(sub.group):
         raise NotFound(f"no delivery {delivery_id!r} is visible to this token")

@@ -27,6 +27,7 @@ from tidings.storage.base import Storage
 
 log = structlog.get_logger("tidings.worker")
 NS = 1_000_000_000
+_BUSY_NS = NS  # how long a delivery to a busy sink waits before it is claimed again
 DAY_NS = 86_400 * NS
 # Requests built for unsigned webhooks, kept so that the deliveries of one event to
 # several subscriptions (claimed together) build its headers once.
@@ -131,7 +132,9 @@ class Worker:
                 for claim in claims:
                     token = object()
                     sending.add(token)
-                    task = asyncio.ensure_future(self.deliver(claim, partial(sent, token)))
+                    task = asyncio.ensure_future(
+                        self.deliver(claim, partial(sent, token), release_if_busy=True)
+                    )
                     tasks.add(task)
                     task.add_done_callback(partial(finished, token))
                 if claims and room() > 0:
@@ -201,9 +204,30 @@ class Worker:
         headers, body = built
         return dict(headers), body
 
-    async def deliver(self, claim: Claim, on_sent: Callable[[], None] | None = None) -> None:
-        """Send one claimed delivery and record the attempt; `on_sent()` once it is sent."""
+    async def deliver(
+        self, claim: Claim, on_sent: Callable[[], None] | None = None, release_if_busy: bool = False
+    ) -> None:
+        """Send one claimed delivery and record the attempt; `on_sent()` once it is sent.
+
+        With `release_if_busy`, a delivery whose sink already has `per_sink` requests in flight
+        is handed back unsent (due again shortly) instead of waiting: holding it would keep a
+        slot of the worker and let its lease run out behind a slow sink, starving the others.
+        """
         sub = claim.subscription
+        if release_if_busy and self._sink_slot(sub.sink).locked():
+            try:
+                await self.storage.release_claim(
+                    claim.delivery_id, claim.claim_token, self.clock() + _BUSY_NS
+                )
+            except Exception:
+                log.exception(
+                    "handing back a delivery failed; its lease will run out",
+                    delivery=claim.delivery_id,
+                )
+            finally:
+                if on_sent is not None:
+                    on_sent()
+            return
         started_ns = self.clock()
         try:
             headers, body = await self._request(claim, started_ns)

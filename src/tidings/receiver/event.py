@@ -193,7 +193,13 @@ def parse_event(
         raise InvalidEvent(f"Ce-Time must be an RFC 3339 date-time, got {time!r}")
     if not is_group(group):
         raise InvalidEvent(f"Ce-Group is not a group path: {group!r}")
-    if not group_contains(claims.group, group):
+    # An event may be shared with groups outside its own (Ce-Allowedgroups): a subscription of
+    # such a group receives it with its own token.
+    shared = [g.strip() for g in str(attributes.get("allowedgroups", "")).split(",") if g.strip()]
+    if not group_contains(claims.group, group) and not any(
+        is_group(g) and (group_contains(claims.group, g) or group_contains(g, claims.group))
+        for g in shared
+    ):
         raise EventOutsideGroup(
             f"the event's group {group!r} is not inside the token's group {claims.group!r}",
             group=group,

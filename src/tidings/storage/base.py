@@ -160,6 +160,10 @@ class Storage(ABC):
         """Claim up to `limit` due deliveries under a lease of `lease_ns`, with a claim token."""
 
     @abstractmethod
+    async def release_claim(self, delivery_id: int, claim_token: str, due_ns: int) -> bool:
+        """Give a claimed delivery back unsent, due again at `due_ns`; False if the claim was lost."""
+
+    @abstractmethod
     async def record_attempt(self, result: AttemptResult) -> bool:
         """Record an attempt and its consequences; False (nothing recorded) if the lease was lost."""
 

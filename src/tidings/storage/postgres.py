@@ -40,13 +40,14 @@ from tidings.storage import postgres_delivery as deliveries
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
 from tidings.storage.postgres_events import (
-    SQL,
     WAKE_CHANNEL,
+    PostgresEventSQL,
     begin_ingest,
     event_from_row,
     find_sql,
     ingest,
     unpack,
+    with_horizon,
 )
 from tidings.storage.postgres_partitions import DAY_NS, day_of, drop_days_before, ensure_partitions
 from tidings.storage.rows import (
@@ -69,7 +70,6 @@ from tidings.storage.rows import (
 T = TypeVar("T")
 log = structlog.get_logger("tidings.postgres")
 MIGRATION_LOCK = 7_160_946_001  # pg_advisory_xact_lock key of tidings' migrations
-HORIZON = "ingest_horizon()"  # how SQL.visible_now() bounds a query; replaced by its value
 DAYS_AHEAD = (
     1  # housekeeping runs hourly, so tomorrow's partitions exist long before they are needed
 )
@@ -172,37 +172,30 @@ class PostgresStorage(Storage):
 
         return await self._run(fetch)
 
-    async def _visible_rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Rows of an event query from `SQL`, below an ingest horizon read in a statement before it.
-
-        Read inside the query, the horizon would be read after the query's snapshot was taken:
-        an ingest committing in between would count as finished yet be missing from the rows,
-        and a page could hold a later ingest's events without its own; the reader's cursor
-        would pass them for good. Read first, every ingest below it is in the query's snapshot.
-        """
+    async def _event_query(
+        self, build: Callable[[PostgresEventSQL], tuple[str, list[Any]]]
+    ) -> list[tuple[Any, ...]]:
+        """Run an event query below the ingest horizon, read first in a statement of its own."""
 
         async def fetch(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cursor = await conn.execute(f"SELECT {HORIZON}")
-            row = await cursor.fetchone()
-            assert row is not None
-            cursor = await conn.execute(query.replace(HORIZON, str(int(row[0]))), params)
-            return [tuple(found) for found in await cursor.fetchall()]
+            sql, params = build(await with_horizon(conn))
+            cursor = await conn.execute(sql, params)
+            return [tuple(row) for row in await cursor.fetchall()]
 
         return await self._run(fetch)
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
-        sql, params = SQL.list_sql(query)
-        return [event_from_row(row) for row in await self._visible_rows(sql, params)]
+        return [
+            event_from_row(row) for row in await self._event_query(lambda sql: sql.list_sql(query))
+        ]
 
     async def count_events(self, query: EventQuery) -> int:
-        sql, params = SQL.count_sql(query)
-        return int((await self._visible_rows(sql, params))[0][0])
+        return int((await self._event_query(lambda sql: sql.count_sql(query)))[0][0])
 
     async def event_stats(
         self, query: EventQuery, group_by: Sequence[str], interval: str | None
     ) -> list[tuple[Any, ...]]:
-        sql, params = SQL.stats_sql(query, group_by, interval)
-        return await self._visible_rows(sql, params)
+        return await self._event_query(lambda sql: sql.stats_sql(query, group_by, interval))
 
     async def event_payload(self, position: int) -> str | None:
         rows = await self._rows("SELECT payload FROM events WHERE seq = %s", (unpack(position)[1],))
@@ -212,7 +205,9 @@ class PostgresStorage(Storage):
         self, scope: str, event_id: str, source: str | None, limit: int, viewer_roles: int = 15
     ) -> list[StoredEvent]:
         sql, params = find_sql(scope, event_id, source, viewer_roles, limit)
-        return [event_from_row(row) for row in await self._rows(sql, params)]
+        return sorted(
+            (event_from_row(row) for row in await self._rows(sql, params)), key=lambda e: e.position
+        )
 
     async def expire(self, before_ns: int, batch: int = 10_000) -> int:
         """Delete events stored before `before_ns` with their deliveries; return how many events.
@@ -409,6 +404,14 @@ class PostgresStorage(Storage):
 
     async def claim_deliveries(self, now_ns: int, lease_ns: int, limit: int) -> list[Claim]:
         return await self._run(lambda conn: deliveries.claim(conn, now_ns, lease_ns, limit))
+
+    async def release_claim(self, delivery_id: int, claim_token: str, due_ns: int) -> bool:
+        rows = await self._rows(
+            "UPDATE deliveries SET claim_token = NULL, due_ns = %s WHERE id = %s AND claim_token = %s"
+            " AND status = 'pending' RETURNING 1",
+            (due_ns, delivery_id, claim_token),
+        )
+        return bool(rows)
 
     async def record_attempt(self, result: AttemptResult) -> bool:
         return await self._run(lambda conn: deliveries.record(conn, result))

@@ -68,6 +68,11 @@ def event_from_row(row: Sequence[Any]) -> StoredEvent:
 
 
 class PostgresEventSQL(querying.EventSQL):
+    """The query dialect; `horizon` is the ingest horizon read just before the query (see `horizon`)."""
+
+    def __init__(self, horizon: int | None = None):
+        self.horizon = horizon
+
     """PostgreSQL's dialect: `%s` placeholders, (tx, seq) positions, the snapshot horizon, tsvector."""
 
     p = "%s"
@@ -91,9 +96,12 @@ class PostgresEventSQL(querying.EventSQL):
 
     def visible_now(self, alias: str) -> str:
         # Only rows older than every ingest still running: nothing can commit below them later.
-        # A subquery, so that it is evaluated once per statement (an InitPlan): called bare,
-        # it runs (reading pg_locks) in every partition's index scan, ~90 times a page.
-        return f" AND {alias}.tx < (SELECT ingest_horizon())"
+        # The horizon is a number read before the query (see with_horizon()), not a call in it.
+        if self.horizon is None:
+            raise RuntimeError(
+                "a PostgreSQL event query needs the ingest horizon: use with_horizon()"
+            )
+        return f" AND {alias}.tx < {int(self.horizon)}"
 
     def scope_join(self) -> str:
         return "e.seq = s.seq AND e.stored_ns = s.stored_ns"
@@ -109,20 +117,45 @@ class PostgresEventSQL(querying.EventSQL):
         """
         if query.scope == groups.root_of(query.scope):
             return super().list_sql(query)
+        # The scope rows carry their event's type (0002_scope_types.sql): with one type, the
+        # page comes in order from (scope, type, tx, seq), however rare the type.
+        type_terms: list[str] = []
+        type_params: list[Any] = []
+        if query.types:
+            type_terms.append(f"s.type IN ({', '.join(['%s'] * len(query.types))})")
+            type_params.extend(query.types)
+        for prefix in query.type_prefixes:
+            type_terms.append("(s.type >= %s AND s.type < %s)")
+            type_params.extend(querying.prefix_range(prefix))
+        types = " AND (" + " OR ".join(type_terms) + ")" if type_terms else ""
         source = (
             "FROM event_scopes s CROSS JOIN LATERAL"
             f" (SELECT * FROM events e WHERE {self.scope_join()} OFFSET 0) e"
-            f" WHERE s.scope = %s{self.visible_now('s')}"
+            f" WHERE s.scope = %s{types}{self.visible_now('s')}"
         )
         order = self.position_columns("s")
         where, more = self.filters(query, order)
         direction = "DESC" if query.descending else "ASC"
         ordering = ", ".join(f"{column} {direction}" for column in order)
         sql = f"SELECT {', '.join(order)}, {querying.EVENT_COLUMNS} {source}{where} ORDER BY {ordering} LIMIT %s"
-        return sql, [query.scope, *more, query.limit]
+        return sql, [query.scope, *type_params, *more, query.limit]
 
 
 SQL = PostgresEventSQL()
+
+
+async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
+    """The dialect with the ingest horizon as it is now, read in a statement of its own.
+
+    It must be read before the query's snapshot is taken: every ingest below it has then
+    finished, so the query (a later statement, with a later snapshot under READ COMMITTED)
+    sees all of them. Read within the query itself, an ingest could commit between the
+    snapshot and the read, and a cursor would pass its events for good.
+    """
+    cursor = await conn.execute("SELECT ingest_horizon()")
+    row = await cursor.fetchone()
+    assert row is not None
+    return PostgresEventSQL(int(row[0]))
 
 
 def find_sql(
@@ -140,7 +173,8 @@ def find_sql(
     if source is not None:
         sql += " AND e.source = %s"
         params.append(source)
-    sql += " ORDER BY e.tx, e.seq LIMIT %s"
+    # No ORDER BY: with one, the planner walks the tenant's whole ingest order to find an id.
+    sql += " LIMIT %s"
     params.append(limit)
     return sql, params
 
@@ -195,7 +229,7 @@ async def ingest(
     existing = await _existing(conn, [item for item in unique if item[2] not in inserted], prepared)
     stored: dict[tuple[str, str, str], StoredEvent] = dict(existing)
     rows: list[tuple[Any, ...]] = []
-    scope_rows: list[tuple[str, int, int, int]] = []
+    scope_rows: list[tuple[str, int, int, int, str]] = []
     fresh: list[tuple[EventInput, int]] = []
     for (event, event_id, key), seq in zip(unique, seqs, strict=True):
         if key not in inserted:
@@ -223,7 +257,7 @@ async def ingest(
                 event.raw,
             )
         )
-        scope_rows.extend((scope, tx, seq, now_ns) for scope in visible_scopes(event))
+        scope_rows.extend((scope, tx, seq, now_ns, event.type) for scope in visible_scopes(event))
         stored[key] = StoredEvent(
             position=pack(tx, seq),
             id=event_id,
@@ -243,7 +277,7 @@ async def ingest(
                 await copy.write_row(row)
     if scope_rows:
         async with conn.cursor().copy(
-            "COPY event_scopes (scope, tx, seq, stored_ns) FROM STDIN"
+            "COPY event_scopes (scope, tx, seq, stored_ns, type) FROM STDIN"
         ) as copy:
             for scope_row in scope_rows:
                 await copy.write_row(scope_row)

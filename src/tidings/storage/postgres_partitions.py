@@ -72,6 +72,9 @@ async def drop_days_before(conn: AsyncConnection[Any], day: int) -> list[str]:
     dropped = []
     for name, held in sorted((await partitions(conn)).items()):
         if held < day:
+            # Dropping a partition locks the parent table: give up rather than queue every
+            # reader and ingest behind a long transaction; housekeeping tries again later.
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
             await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
             dropped.append(name)
     return dropped

@@ -25,9 +25,23 @@ GROUP_BY_COLUMNS = {
 INTERVALS = {"hour": 3_600_000_000_000, "day": 86_400_000_000_000}
 
 
+_TOP = chr(0x10FFFF)
+
+
 def prefix_range(prefix: str) -> tuple[str, str]:
-    """The half-open string range of everything that starts with `prefix`."""
-    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    """The half-open string range of everything that starts with `prefix`.
+
+    The bound is the prefix with its last character raised by one code point;
+    trailing U+10FFFF have no successor and are dropped first, and the surrogates
+    (never in stored text, and not encodable) are stepped over.
+    """
+    stem = prefix.rstrip(_TOP)
+    if not stem:  # nothing follows U+10FFFF...: bound by a text longer than any stored one
+        return prefix, _TOP * (len(prefix) + 1025)  # subjects and types are at most 1024 long
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000
+    return prefix, stem[:-1] + chr(following)
 
 
 class EventSQL:
@@ -151,4 +165,5 @@ class EventSQL:
         select = "".join(f"{key}, " for key in keys)
         grouping = f" GROUP BY {numbers}" if keys else ""
         ordering = " ORDER BY count(*) DESC" + (f", {numbers}" if keys else "")
-        return f"SELECT {select}count(*) {source}{where}{grouping}{ordering}", [*params, *more]
+        sql = f"SELECT {select}count(*) {source}{where}{grouping}{ordering} LIMIT {self.p}"
+        return sql, [*params, *more, query.limit]

@@ -366,6 +366,19 @@ class SQLiteDeliveries:
         """Claim due deliveries under a lease."""
         return await self._engine.write(lambda conn: claim(conn, now_ns, lease_ns, limit))
 
+    async def release_claim(self, delivery_id: int, claim_token: str, due_ns: int) -> bool:
+        """Give a claimed delivery back unsent."""
+        return await self._engine.write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE deliveries SET claim_token = NULL, due_ns = ? WHERE id = ? AND claim_token = ?"
+                    " AND status = 'pending'",
+                    (due_ns, delivery_id, claim_token),
+                ).rowcount
+                > 0
+            )
+        )
+
     async def record_attempt(self, result: AttemptResult) -> bool:
         """Record an attempt; False if the claim was lost."""
         return await self._engine.write(lambda conn: record(conn, result))
