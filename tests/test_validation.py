@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests import servers
-from tests.conftest import Tenant, auth, make_token
+from tests.conftest import Tenant, auth, event, make_token
 from tests.servers import Server, StartServer, database_url
 from tidings import groups
 from tidings.api import create_app
@@ -880,3 +880,19 @@ def test_types_cli_lists_origin_and_validation(tidings_server: StartServer, tmp_
     assert rows["com.acme.note.v1"] == ("catalog", "strict", "no")
     assert rows[POLICY_CREATED] == ("builtin", "strict", "yes")
     assert len(rows) == 48
+
+
+def test_a_backtracking_pattern_cannot_stall_validation(client: TestClient) -> None:
+    """Patterns are matched in linear time: `^(a+)+$` against a long near-miss answers at once."""
+    tenant = new_tenant(client)
+    schema = {"type": "object", "properties": {"x": {"type": "string", "pattern": "^(a+)+$"}}}
+    spec = {"type": "dev.example.redos.v1", "schema": schema, "validation": "strict"}
+    assert client.post("/v1/types", json=spec, headers=auth(tenant.owner)).status_code == 201
+    body = event(
+        tenant.root,
+        type="dev.example.redos.v1",
+        data={"actor": {"subject": "u"}, "body": {"x": "a" * 5000 + "!"}},
+    )
+    response = client.post("/v1/events", json=body, headers=auth(tenant.producer))
+    assert response.status_code == 422
+    assert "/data/body/x" in response.json()["error"]["message"]

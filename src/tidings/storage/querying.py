@@ -89,11 +89,19 @@ class EventSQL:
         """How a scope row joins its event."""
         raise NotImplementedError
 
+    def scope_filters(self, query: EventQuery) -> tuple[str, list[Any]]:
+        """Extra terms on the scope rows `s` of a subtree query (empty: none)."""
+        return "", []
+
     def filters(self, query: EventQuery, order_columns: list[str]) -> tuple[str, list[Any]]:
         """The WHERE terms of a query's filters, after the scope's."""
         p = self.p
         sql = f" AND (e.roles_mask = 0 OR (e.roles_mask & {p}) != 0)"
         params: list[Any] = [query.viewer_roles]
+        if query.scope != groups.root_of(query.scope):
+            scope_sql, scope_params = self.scope_filters(query)
+            sql += scope_sql
+            params.extend(scope_params)
         type_terms = []
         if query.types:
             type_terms.append(f"e.type IN ({', '.join([p] * len(query.types))})")

@@ -17,7 +17,7 @@ import uuid6
 
 from tidings import groups
 from tidings.errors import Conflict
-from tidings.model import EventInput, Ingested, StoredEvent
+from tidings.model import EventInput, EventQuery, Ingested, StoredEvent
 from tidings.storage import querying
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.sqlite_delivery import FanOut
@@ -59,6 +59,12 @@ class SQLiteEventSQL(querying.EventSQL):
 
     def scope_join(self) -> str:
         return "e.position = s.position"
+
+    def scope_filters(self, query: EventQuery) -> tuple[str, list[Any]]:
+        # Scope rows carry the event's type: exact types are one range of (scope, type, position).
+        if query.types and not query.type_prefixes:
+            return f" AND s.type IN ({', '.join('?' * len(query.types))})", list(query.types)
+        return "", []
 
 
 SQL = SQLiteEventSQL()
@@ -105,8 +111,8 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
         position = inserted.lastrowid
         assert position is not None  # the rowid (position) of the row just inserted
         conn.executemany(
-            "INSERT INTO event_scopes (scope, position) VALUES (?, ?)",
-            [(scope, position) for scope in visible_scopes(event)],
+            "INSERT INTO event_scopes (scope, position, type) VALUES (?, ?, ?)",
+            [(scope, position, event.type) for scope in visible_scopes(event)],
         )
         conn.execute(
             "INSERT INTO events_text (rowid, text) VALUES (?, ?)",
