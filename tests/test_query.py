@@ -527,6 +527,28 @@ def test_subject_prefix_filter_lists_subjects_starting_with_it(
     ]
 
 
+@pytest.mark.parametrize(
+    ("last", "above"),
+    [("\U0010ffff", "y"), ("\ud7ff", "\ue000"), ("z", "{")],
+)
+def test_subject_prefix_ending_in_any_character_matches_only_that_prefix(
+    client: TestClient, tenant: Tenant, last: str, above: str
+) -> None:
+    """A subject prefix ending in the highest code point or just below the surrogates works."""
+    ingest(
+        client,
+        tenant.producer,
+        event(tenant.root, id="exact", subject=f"x{last}"),
+        event(tenant.root, id="longer", subject=f"x{last}{last}1"),
+        event(tenant.root, id="above", subject=f"x{above}"),
+        event(tenant.root, id="next", subject="y"),
+        event(tenant.root, id="shorter", subject="x"),
+        event(tenant.root, id="lead", subject=f"{last}{last}"),
+    )
+    assert ids(client, tenant.viewer, subject=f"x{last}*") == ["exact", "longer"]
+    assert ids(client, tenant.viewer, subject=f"{last}*") == ["lead"]
+
+
 def test_actor_filter_is_exact(client: TestClient, tenant: Tenant) -> None:
     """actor=A lists only events whose data.actor.subject is A."""
 
