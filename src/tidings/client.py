@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -71,5 +72,7 @@ class Client:
     def get_event(self, event_id: str, source: str | None = None) -> dict[str, Any]:
         """One event by id."""
         params = {"source": source} if source else {}
-        result: dict[str, Any] = self.request("GET", f"/v1/events/{event_id}", params=params)
+        result: dict[str, Any] = self.request(
+            "GET", f"/v1/events/{quote(event_id, safe='')}", params=params
+        )
         return result
