@@ -8,6 +8,7 @@ import time
 from typing import Annotated
 
 import typer
+import uvloop
 from rich.table import Table
 
 from tidings import groups
@@ -85,7 +86,7 @@ def run_worker(
 
     logs.configure(log_format, log_level)
     settings = checked(Settings.from_env)
-    checked(lambda: asyncio.run(run_standalone_worker(settings)))
+    checked(lambda: uvloop.run(run_standalone_worker(settings)))
 
 
 @app.command()

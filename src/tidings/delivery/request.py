@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 from typing import Any
 
 import orjson
@@ -24,10 +25,13 @@ _NOT_HEADERS = frozenset({"datacontenttype", "storedtime"})
 _SAFE = frozenset(range(0x21, 0x7F)) - {0x22, 0x25}
 
 
+_PLAIN = re.compile(r"[!#$&-~]*")  # printable ASCII but space, '"' and '%': sent as it is
+
+
 def header_value(value: object) -> str:
     """An attribute as a header value, percent-encoded as the CloudEvents HTTP binding says."""
     text = value if isinstance(value, str) else str(value)
-    if all(ord(char) in _SAFE for char in text):
+    if _PLAIN.fullmatch(text):
         return text
     return "".join(chr(byte) if byte in _SAFE else f"%{byte:02X}" for byte in text.encode())
 
