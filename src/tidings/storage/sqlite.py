@@ -193,7 +193,9 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         )
 
     async def token_by_hash(self, secret_hash: str) -> Token | None:
-        row = await self._engine.read(
+        # Every request looks its token up: a unique-index probe, done on the event loop's own
+        # connection rather than through the reader pool.
+        row = self._engine.read_at_once(
             lambda conn: conn.execute(
                 f"SELECT {TOKEN_COLUMNS} FROM tokens WHERE secret_hash = ?", (secret_hash,)
             ).fetchone()

@@ -55,6 +55,11 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
+def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in settled:
+        _settle(future, ok, value)
+
+
 class SQLiteEngine:
     """Runs writes on one group-committing thread and reads on a pool."""
 
@@ -100,6 +105,14 @@ class SQLiteEngine:
         """Run `fn` on a reader connection in the pool."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, self._run_read, fn)
+
+    def read_at_once(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a short read (a primary-key lookup) right here, on the caller's thread.
+
+        Sending a lookup of a few microseconds to the pool costs more than the lookup; this
+        is for those only, never for scans.
+        """
+        return self._run_read(fn)
 
     def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -150,5 +163,9 @@ class SQLiteEngine:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             outcomes = [(False, exc)] * len(jobs)
+        # One wake-up of each waiting event loop per group, not one per write.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for job, (ok, value) in zip(jobs, outcomes, strict=True):
-            job.loop.call_soon_threadsafe(_settle, job.future, ok, value)
+            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+        for loop, settled in by_loop.items():
+            loop.call_soon_threadsafe(_settle_all, settled)
