@@ -179,8 +179,9 @@ def _report(
     database: Path,
 ) -> None:
     console.rule("[bold]tidings demo")
-    console.print(f"Service: {url}   database: {database}")
+    console.print(f"Service: {url}   database: {database}", soft_wrap=True)
     table = Table("group", "role in the demo", "events")
+    table.columns[0].overflow = "fold"
     for path, label in (
         (tree.root, "tenant root"),
         (tree.platform, "team 'platform'"),
@@ -192,19 +193,19 @@ def _report(
     console.print(
         f"Emitted {sum(by_group.values())} events: every example of the Chainguard documents.\n"
     )
-    console.print("Try it (in another terminal):", style="bold")
-    console.print(f"  export TIDINGS_URL={url}", highlight=False)
-    console.print(f"  export TIDINGS_TOKEN={made_tokens['owner']}", highlight=False)
-    console.print("  tidings events list --type 'dev.chainguard.api.iam.*'", highlight=False)
     console.print(
-        f"  tidings events list --group {tree.platform} --order desc --limit 5", highlight=False
+        "Try it (in another terminal; `tidings` is .venv/bin/tidings after make):", style="bold"
     )
-    console.print(
-        f"  curl -s -H \"Authorization: Bearer $TIDINGS_TOKEN\" '{url}/v1/events?limit=2'",
-        highlight=False,
-    )
-    console.print(
-        f"  TIDINGS_TOKEN={made_tokens['payments-viewer']} tidings events list   "
+    commands = [
+        f"export TIDINGS_URL={url}",
+        f"export TIDINGS_TOKEN={made_tokens['owner']}",
+        "tidings events list --type 'dev.chainguard.api.iam.*'",
+        f"tidings events list --group {tree.platform} --order desc --limit 5",
+        "tidings events stats --by type --chart",
+        f"curl -s -H \"Authorization: Bearer $TIDINGS_TOKEN\" '{url}/v1/events?limit=2'",
+        f"TIDINGS_TOKEN={made_tokens['payments-viewer']} tidings events list   "
         "# a viewer of 'payments' sees only its subtree",
-        highlight=False,
-    )
+    ]
+    for command in commands:
+        # Whole lines, never wrapped: they are for copying.
+        console.print(f"  {command}", highlight=False, soft_wrap=True)
