@@ -324,3 +324,36 @@ def test_secret_parts_of_a_sink_are_shown_only_to_editors(
         client.get(f"/v1/subscriptions/{created['id']}", headers=auth(tenant.owner)).json()["sink"]
         == sink
     )
+
+
+def test_an_update_writes_only_its_own_fields(client: TestClient, tenant: Tenant) -> None:
+    """A PATCH made from a stale read does not undo a change the worker made meanwhile (a disable)."""
+    from dataclasses import replace
+
+    from tests.conftest import storage_of
+
+    created = subscribe(client, tenant.owner, tenant.root, "http://127.0.0.1:9/hook")
+    storage = storage_of(client)
+    assert client.portal is not None
+    stale = client.portal.call(storage.subscription, created["id"])
+    assert stale is not None
+    disabled = replace(stale, state="disabled", state_reason="the sink answered 410 Gone")
+    client.portal.call(storage.update_subscription, disabled, {"state", "state_reason"})
+    client.portal.call(
+        storage.update_subscription, replace(stale, description="renamed"), {"description"}
+    )
+    after = client.get(f"/v1/subscriptions/{created['id']}", headers=auth(tenant.owner)).json()
+    assert (after["state"], after["description"]) == ("disabled", "renamed")
+
+
+def test_replaying_twice_queues_each_waiting_event_once(client: TestClient, tenant: Tenant) -> None:
+    """A replay does not queue an event again while its delivery to that subscription still waits."""
+    for index in range(3):
+        ingest(client, tenant.producer, event(tenant.root, id=f"replayed-{index}"))
+    created = subscribe(
+        client, tenant.owner, tenant.root, "http://127.0.0.1:9/hook", types=["dev.example.*"]
+    )
+    url = f"/v1/subscriptions/{created['id']}/replay"
+    since = {"since": "2000-01-01T00:00:00Z"}
+    assert client.post(url, json=since, headers=auth(tenant.owner)).json() == {"queued": 3}
+    assert client.post(url, json=since, headers=auth(tenant.owner)).json() == {"queued": 0}

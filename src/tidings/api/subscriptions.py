@@ -390,7 +390,7 @@ async def update_subscription(
         changes["state_reason"] = None if spec.state == "active" else "disabled by request"
         changes["failing_since_ns"] = None
     updated = replace(sub, **changes)
-    await state.storage.update_subscription(updated)
+    await state.storage.update_subscription(updated, set(changes))
     return subscription_json(updated)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from tidings.catalog import EventType
@@ -138,8 +138,8 @@ class Storage(ABC):
         """Store a subscription and ingest `events` (its audit events) in one transaction."""
 
     @abstractmethod
-    async def update_subscription(self, sub: Subscription) -> None:
-        """Replace a subscription's mutable fields."""
+    async def update_subscription(self, sub: Subscription, fields: Collection[str]) -> None:
+        """Write the given mutable fields of a subscription (and only those)."""
 
     @abstractmethod
     async def delete_subscription(

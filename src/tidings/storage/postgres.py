@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 import structlog
@@ -61,6 +61,7 @@ from tidings.storage.rows import (
     placeholders,
     signing_key_from_row,
     signing_key_values,
+    subscription_update,
     token_from_row,
     token_values,
     webhook_from_row,
@@ -377,8 +378,9 @@ class PostgresStorage(Storage):
 
         return await self._run(create)
 
-    async def update_subscription(self, sub: Subscription) -> None:
-        await self._run(lambda conn: deliveries.update_subscription(conn, sub))
+    async def update_subscription(self, sub: Subscription, fields: Collection[str]) -> None:
+        sql, values = subscription_update(sub, fields, "%s")
+        await self._rows(sql + " RETURNING 1", values)
 
     async def delete_subscription(
         self, sub_id: str, events: Sequence[EventInput], now_ns: int

@@ -21,10 +21,7 @@ from tidings.model import (
 from tidings.storage.postgres_events import EVENT_COLUMNS, SQL, WAKE_CHANNEL, event_from_row
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
-    UPDATE_SUBSCRIPTION,
     failing_reason,
-    placeholders,
-    subscription_changes,
     subscription_from_row,
     subscription_values,
 )
@@ -44,11 +41,6 @@ async def insert_subscription(conn: AsyncConnection[Any], sub: Subscription) -> 
         f"INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, tenant) VALUES ({', '.join(['%s'] * 17)})",
         subscription_values(sub),
     )
-
-
-async def update_subscription(conn: AsyncConnection[Any], sub: Subscription) -> None:
-    """Replace a subscription's mutable fields."""
-    await conn.execute(placeholders(UPDATE_SUBSCRIPTION, "%s"), subscription_changes(sub))
 
 
 async def get_subscription(conn: AsyncConnection[Any], sub_id: str) -> Subscription | None:
@@ -270,11 +262,20 @@ async def replay(conn: AsyncConnection[Any], sub: Subscription, since_ns: int, n
             f" JOIN events e ON {SQL.scope_join()} WHERE s.scope = %s AND s.stored_ns >= %s ORDER BY s.tx, s.seq",
             (sub.group, since_ns),
         )
+    found = await cursor.fetchall()
     mask = roles_mask(sub.roles)
+    # An event still waiting to go to this subscription is not queued a second time.
+    cursor = await conn.execute(
+        "SELECT event_seq FROM deliveries WHERE subscription_id = %s AND status = 'pending'",
+        (sub.id,),
+    )
+    waiting = {row[0] for row in await cursor.fetchall()}
     queued = [
         (sub.id, seq, stored_ns, "pending", now_ns, now_ns, now_ns)
-        for seq, stored_ns, type_, subject, event_mask in await cursor.fetchall()
-        if sub.matches(type_, subject) and (event_mask == 0 or event_mask & mask)
+        for seq, stored_ns, type_, subject, event_mask in found
+        if seq not in waiting
+        and sub.matches(type_, subject)
+        and (event_mask == 0 or event_mask & mask)
     ]
     if queued:
         async with conn.cursor().copy(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -66,28 +66,35 @@ def subscription_values(sub: Subscription) -> tuple[Any, ...]:
     )
 
 
-def subscription_changes(sub: Subscription) -> tuple[Any, ...]:
-    """The mutable fields of a subscription, in UPDATE_SUBSCRIPTION's order, then its id."""
-    return (
-        sub.sink,
-        orjson.dumps(list(sub.types)).decode(),
-        sub.subject_prefix,
-        sub.description,
-        sub.state,
-        sub.state_reason,
-        sub.slack_username,
-        sub.slack_icon,
-        sub.failing_since_ns,
-        sub.updated_ns,
-        sub.id,
-    )
-
-
-UPDATE_SUBSCRIPTION = (
-    "UPDATE subscriptions SET sink = {p}, types = {p}, subject_prefix = {p}, description = {p},"
-    " state = {p}, state_reason = {p}, slack_username = {p}, slack_icon = {p}, failing_since_ns = {p},"
-    " updated_ns = {p} WHERE id = {p}"
+MUTABLE_SUBSCRIPTION_FIELDS = (
+    "sink",
+    "types",
+    "subject_prefix",
+    "description",
+    "state",
+    "state_reason",
+    "slack_username",
+    "slack_icon",
+    "failing_since_ns",
+    "updated_ns",
 )
+
+
+def subscription_update(
+    sub: Subscription, fields: Collection[str], p: str
+) -> tuple[str, tuple[Any, ...]]:
+    """An UPDATE of only the given fields of a subscription (others may change meanwhile,
+    e.g. a worker disabling it), with the backend's placeholder `p`."""
+    unknown = set(fields) - set(MUTABLE_SUBSCRIPTION_FIELDS)
+    if unknown:
+        raise ValueError(f"not mutable: {sorted(unknown)}")
+    chosen = [name for name in MUTABLE_SUBSCRIPTION_FIELDS if name in fields]
+    values = [
+        orjson.dumps(list(sub.types)).decode() if name == "types" else getattr(sub, name)
+        for name in chosen
+    ]
+    assignments = ", ".join(f"{name} = {p}" for name in chosen)
+    return f"UPDATE subscriptions SET {assignments} WHERE id = {p}", (*values, sub.id)
 
 
 def delivers_to(sub: Subscription, event: EventInput) -> bool:

@@ -6,7 +6,7 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from tidings import groups
@@ -28,6 +28,7 @@ from tidings.storage.rows import (
     TOKEN_COLUMNS,
     signing_key_from_row,
     signing_key_values,
+    subscription_update,
     token_from_row,
     token_values,
 )
@@ -35,7 +36,6 @@ from tidings.storage.sqlite_catalog import SQLiteCatalog
 from tidings.storage.sqlite_delivery import (
     SQLiteDeliveries,
     insert_subscription,
-    update_subscription,
 )
 from tidings.storage.sqlite_engine import SQLiteEngine, connect
 from tidings.storage.sqlite_events import SQL, event_from_row, expire_batch, find_sql, ingest
@@ -290,8 +290,9 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
 
         return await self._engine.write(create)
 
-    async def update_subscription(self, sub: Subscription) -> None:
-        await self._engine.write(lambda conn: update_subscription(conn, sub))
+    async def update_subscription(self, sub: Subscription, fields: Collection[str]) -> None:
+        sql, values = subscription_update(sub, fields, "?")
+        await self._engine.write(lambda conn: conn.execute(sql, values))
 
     async def expire(self, before_ns: int, batch: int = 1000) -> int:
         deleted = 0

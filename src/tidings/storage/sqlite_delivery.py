@@ -21,12 +21,9 @@ from tidings.model import (
 )
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
-    UPDATE_SUBSCRIPTION,
     delivers_to,
     failing_reason,
     groups_above,
-    placeholders,
-    subscription_changes,
     subscription_from_row,
     subscription_values,
 )
@@ -79,11 +76,6 @@ def insert_subscription(conn: sqlite3.Connection, sub: Subscription) -> None:
         f"INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}, tenant) VALUES ({','.join('?' * 17)})",
         subscription_values(sub),
     )
-
-
-def update_subscription(conn: sqlite3.Connection, sub: Subscription) -> None:
-    """Replace a subscription's mutable fields."""
-    conn.execute(placeholders(UPDATE_SUBSCRIPTION, "?"), subscription_changes(sub))
 
 
 def get_subscription(conn: sqlite3.Connection, sub_id: str) -> Subscription | None:
@@ -322,10 +314,20 @@ def replay(conn: sqlite3.Connection, sub: Subscription, since_ns: int, now_ns: i
             (sub.group, since_ns),
         )
     mask = roles_mask(sub.roles)  # the subscription sees what the token that made it saw
+    # An event still waiting to go to this subscription is not queued a second time.
+    waiting = {
+        row[0]
+        for row in conn.execute(
+            "SELECT event_position FROM deliveries WHERE subscription_id = ? AND status = 'pending'",
+            (sub.id,),
+        )
+    }
     queued = [
         (sub.id, position, now_ns, now_ns, now_ns)
         for position, type_, subject, event_mask in rows
-        if sub.matches(type_, subject) and (event_mask == 0 or event_mask & mask)
+        if position not in waiting
+        and sub.matches(type_, subject)
+        and (event_mask == 0 or event_mask & mask)
     ]
     conn.executemany(
         "INSERT INTO deliveries (subscription_id, event_position, status, due_ns, created_ns, updated_ns)"
@@ -408,4 +410,4 @@ class SQLiteDeliveries:
         return await self._engine.read(lambda conn: backlog(conn, now_ns))
 
 
-__all__ = ["FanOut", "Ingested", "SQLiteDeliveries", "insert_subscription", "update_subscription"]
+__all__ = ["FanOut", "Ingested", "SQLiteDeliveries", "insert_subscription"]
