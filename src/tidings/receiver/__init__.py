@@ -16,28 +16,8 @@ Adapters: `tidings.receiver.starlette` (Starlette and FastAPI) and `tidings.rece
 (any WSGI app, Flask included). This package needs only PyJWT[crypto] and the standard
 library; the Starlette adapter imports Starlette, and only when it is imported.
 
-The errors, each with the HTTP `status` to answer:
-
-    VerificationError                     the root; `status`, `code`, `message`, `details`
-    ├── MissingToken (401)                no `Authorization: Bearer <token>`
-    ├── MalformedToken (401)              not a compact JWS of JSON objects, or a claim of the wrong type
-    │   └── MissingClaim (401)            a required claim (`iss`, `sub`, `aud`, `exp`, `iat`) is absent
-    ├── DisallowedAlgorithm (401)         `alg` not in the asymmetric allow-list (`none`, `HS256`, ...)
-    │   └── AlgorithmKeyMismatch (401)    `alg` does not fit the key the `kid` names
-    ├── DisallowedHeader (401)            a `jwk`, `jku`, `x5u`, `x5c`, `crit` or `b64` header
-    ├── UntrustedIssuer (401)             `iss` is not exactly the configured issuer
-    ├── UnknownKey (401)                  the `kid` is not in the issuer's JWKS (even after a refetch)
-    ├── BadSignature (401)                the signature does not verify with that key
-    ├── WrongAudience (401)               `aud` does not name the configured audience
-    ├── Expired (401)                     `exp` is past, beyond the leeway
-    ├── NotYetValid (401)                 `nbf` or `iat` is in the future, beyond the leeway
-    ├── LifetimeTooLong (401)             `exp - iat` exceeds the bound
-    ├── BadWebhookSignature (401)         the Standard Webhooks signature is missing, stale or wrong
-    ├── KeysUnavailable (503)             the discovery document or the JWKS cannot be fetched
-    ├── ForbiddenGroup (403)              `sub` is not `webhook:` + an expected group
-    │   └── EventOutsideGroup (403)       `Ce-Group` does not lie inside the token's group
-    └── InvalidEvent (400)                the `Ce-*` headers and the body are not a valid CloudEvent
-        └── BodyTooLarge (413)
+Every failure is a `VerificationError` whose `status` says what to answer (401, 403, 400,
+413 or 503); the whole tree is drawn in `tidings.receiver.errors`.
 """
 
 from .errors import (
