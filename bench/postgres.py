@@ -744,6 +744,16 @@ async def _cursor_key(url: str) -> bytes:
         await storage.close()
 
 
+def block_counts(url: str) -> tuple[int, int]:
+    """Blocks found in shared_buffers and blocks read, in the database so far (its statistics)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT blks_hit, blks_read FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
 def count_rows(url: str, table: str = "events") -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
@@ -987,10 +997,15 @@ def figure_list(args: argparse.Namespace, database: ListDatabase, logs: Path) ->
     queries = list_queries(tree, types)
     access = asyncio.run(_prepare(database.url, tree, record_groups=False))
     codec = CursorCodec(asyncio.run(_cursor_key(database.url)))
+    blocks_before = block_counts(database.url)
     with serving(database.url, logs) as server:
         latencies, failed = uvloop.run(
             _list_latencies(server.url, access.viewer, codec, plan, queries, args)
         )
+    hit, read = (
+        after - before
+        for after, before in zip(block_counts(database.url), blocks_before, strict=True)
+    )
     if args.explain:
         explain(database, queries, args.seed)
     how = "filled" if database.made else "reused"
@@ -1019,7 +1034,9 @@ def figure_list(args: argparse.Namespace, database: ListDatabase, logs: Path) ->
         f"{plan.count:,} events over {plan.days} daily partitions ({how} in {database.seconds:.0f} s:"
         f" database {database.name}, {size / 2**30:.1f} GiB), {len(types)} types,"
         f" {len(tree.children)} children, {len(tree.grandchildren)} grandchildren;"
-        " random cursor and order per request, one request at a time"
+        " random cursor and order per request, one request at a time;"
+        f" {hit / max(hit + read, 1):.1%} of the {hit + read:,} blocks the run touched were in"
+        " shared_buffers (the rest came from the OS cache or the disk)"
         + (
             f"; migrations applied to the kept database: {database.migrated}"
             if database.migrated
@@ -1155,6 +1172,7 @@ def drain(
         complete = receivers.wait_for(prefix, expected, args.timeout)
         done = time.time()
         worker_cpu = sum(process.cpu_seconds() for process in processes)
+        postgres_cpu = postgres_cpu_seconds() - pg_before  # before the workers' backends exit
     finally:
         for process in processes:
             process.stop()
@@ -1171,7 +1189,7 @@ def drain(
         done - spawned,
         worker_cpu,
         cpu_seconds(receivers.pid) - receivers_before,
-        postgres_cpu_seconds() - pg_before,
+        postgres_cpu,
         ingest_s,
         delivery_statuses(url, prefix),
     )
