@@ -22,7 +22,7 @@ from tests.conftest import Tenant, auth, event, make_token
 from tests.servers import Server, StartServer, database_url
 from tidings import groups
 from tidings.api import create_app
-from tidings.catalog import builtin_types, chainguard_examples, load_catalog_file
+from tidings.catalog import body_errors, builtin_types, chainguard_examples, load_catalog_file
 from tidings.cli import app as cli_app
 from tidings.config import Settings
 
@@ -818,6 +818,10 @@ MALFORMED: dict[str, tuple[str, str]] = {
         "    example: {actor: {subject: s}, body: {}}\n",
         "x.v1: the example does not match the schema",
     ),
+    "look-around-pattern": (
+        "types:\n  - type: x.v1\n    schema: {type: string, pattern: 'a(?=b)'}\n",
+        "x.v1: schema: pattern 'a(?=b)' is not supported",
+    ),
 }
 
 
@@ -896,3 +900,104 @@ def test_a_backtracking_pattern_cannot_stall_validation(client: TestClient) -> N
     response = client.post("/v1/events", json=body, headers=auth(tenant.producer))
     assert response.status_code == 422
     assert "/data/body/x" in response.json()["error"]["message"]
+    assert "(pattern)" in response.json()["error"]["message"]
+    assert len(response.json()["error"]["message"]) < 300  # the long string is cut short
+
+
+@pytest.mark.parametrize(
+    ("schema", "pattern"),
+    [
+        ({"type": "string", "pattern": "^(?=.*[0-9])[a-z0-9]+$"}, "^(?=.*[0-9])[a-z0-9]+$"),
+        ({"type": "string", "pattern": "(?<!x)y"}, "(?<!x)y"),
+        ({"type": "string", "pattern": "^(a)\\1$"}, "^(a)\\1$"),
+        (
+            {"type": "object", "patternProperties": {"^(?!tmp_)": {"type": "string"}}},
+            "^(?!tmp_)",
+        ),
+    ],
+    ids=["look-ahead", "look-behind", "back-reference", "pattern-properties-look-ahead"],
+)
+def test_a_pattern_that_needs_backtracking_is_a_400(
+    client: TestClient, tenant: Tenant, schema: dict[str, Any], pattern: str
+) -> None:
+    """Look-arounds and back-references cannot run in linear time: the type is refused (400)."""
+    response = register_build_type(client, tenant, schema=schema, example=None)
+    assert response.status_code == 400, response.text
+    message = response.json()["error"]["message"]
+    assert f"pattern {pattern!r} is not supported" in message
+    assert client.get(f"/v1/types/{BUILD_FINISHED}", headers=auth(tenant.viewer)).status_code == 404
+
+
+def test_a_remote_reference_is_a_400_and_not_fetched(client: TestClient, tenant: Tenant) -> None:
+    """A `$ref` to another document is refused (400): the service fetches no schema."""
+    schema = {"$ref": "http://127.0.0.1:9/schema.json"}
+    response = register_build_type(client, tenant, schema=schema, example=None)
+    assert response.status_code == 400, response.text
+    assert "not a valid JSON Schema" in response.json()["error"]["message"]
+    assert "127.0.0.1:9/schema.json" in response.json()["error"]["message"]
+
+
+def test_a_local_reference_is_followed(client: TestClient, tenant: Tenant) -> None:
+    """A `$ref` into the schema's own `$defs` is enforced like the schema it names."""
+    schema = {
+        "type": "object",
+        "properties": {"build_id": {"$ref": "#/$defs/id"}},
+        "$defs": {"id": {"type": "string"}},
+    }
+    assert (
+        register_build_type(client, tenant, schema=schema, validation="strict").status_code == 201
+    )
+    response = post_event(
+        client, tenant.producer, typed_event(tenant.root, BUILD_FINISHED, {"build_id": 1})
+    )
+    assert response.status_code == 422
+    assert [(d["pointer"], d["rule"]) for d in response.json()["error"]["details"]] == [
+        ("/data/body/build_id", "type")
+    ]
+
+
+def test_body_errors_name_pointer_rule_and_message() -> None:
+    """Errors come sorted by where they are, pointers escaped, a required member named itself."""
+    schema = {
+        "type": "object",
+        "required": ["a/b~c"],
+        "properties": {
+            "list": {"type": "array", "items": {"type": "integer"}},
+            "code": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            "closed": {"properties": {"a": {}}, "additionalProperties": False},
+            "empty": {"type": "object", "additionalProperties": False},
+            "never": False,
+        },
+    }
+    body = {
+        "list": [1, "two", 3, "four"],
+        "code": "abc",
+        "closed": {"a": 0, "x": 1},
+        "empty": {"y": 2},
+        "never": 0,
+    }
+    errors = body_errors(schema, body)
+    assert [(e["pointer"], e["rule"]) for e in errors] == [
+        ("/data/body/a~1b~0c", "required"),
+        ("/data/body/closed", "additionalProperties"),
+        ("/data/body/code", "pattern"),
+        ("/data/body/empty", "additionalProperties"),
+        ("/data/body/list/1", "type"),
+        ("/data/body/list/3", "type"),
+        ("/data/body/never", "false"),
+    ]
+    for error in errors:
+        assert error["message"].startswith(error["pointer"] + ": ")
+        assert error["message"].endswith(f" ({error['rule']})")
+    assert "'x'" in errors[1]["message"]
+    assert "abc" in errors[2]["message"]
+    assert "^[A-Z]{3}$" in errors[2]["message"]
+    fixed = {**body, "a/b~c": 1, "list": [], "code": "ABC", "closed": {}, "empty": {}}
+    assert body_errors(schema, fixed) == [
+        {
+            "pointer": "/data/body/never",
+            "rule": "false",
+            "message": "/data/body/never: False schema does not allow 0 (false)",
+        }
+    ]
+    assert body_errors(schema, {"a/b~c": None}) == []

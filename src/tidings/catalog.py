@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import re2
+import jsonschema_rs
 import yaml
-from jsonschema import Draft202012Validator, validators
-from jsonschema.exceptions import SchemaError, ValidationError
 
 from tidings import groups
 from tidings.errors import BadRequest, Unprocessable
@@ -75,33 +73,16 @@ def check_mode(mode: object, what: str = "validation") -> str:
 
 
 def check_schema(schema: object, what: str = "schema") -> dict[str, Any]:
-    """A valid JSON Schema (draft 2020-12) object, or BadRequest saying what is wrong."""
+    """A valid JSON Schema (draft 2020-12) object, or BadRequest saying what is wrong.
+
+    Compiling the validator checks the schema against the draft 2020-12 meta-schema, compiles
+    its patterns, and resolves its references (never fetching one); the validator is kept for
+    `body_errors`.
+    """
     if not isinstance(schema, dict):
         raise BadRequest(f"{what} must be a JSON Schema object")
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise BadRequest(f"{what} is not a valid JSON Schema: {exc.message}") from exc
-    for pattern in _patterns(schema):
-        _regex(pattern)
+    _validator(schema, what)
     return schema
-
-
-def _patterns(schema: Any) -> Iterator[str]:
-    """Every regular expression of a schema (`pattern` values and `patternProperties` keys)."""
-    if isinstance(schema, dict):
-        for key, value in schema.items():
-            if key == "pattern" and isinstance(value, str):
-                yield value
-            elif key == "patternProperties" and isinstance(value, dict):
-                yield from value
-                for sub in value.values():
-                    yield from _patterns(sub)
-            else:
-                yield from _patterns(value)
-    elif isinstance(schema, list):
-        for item in schema:
-            yield from _patterns(item)
 
 
 def _resource(name: str) -> Any:
@@ -198,68 +179,106 @@ def load_catalog_file(path: str | Path) -> CatalogFile:
     return CatalogFile({t.type: t for t in types}, mode)
 
 
-def _pattern(
-    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
-) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not _regex(pattern).search(instance):
-        shown = instance if len(instance) <= 80 else instance[:77] + "..."
-        yield ValidationError(f"{shown!r} does not match {pattern!r}")
+# Patterns (`pattern`, `patternProperties`) are matched by Rust's `regex` crate, which runs in
+# linear time, so a tenant's schema cannot stall the service with a pattern that backtracks
+# (`^(a+)+$`); the price is that look-arounds and back-references are not supported.
+_PATTERNS = jsonschema_rs.RegexOptions()
+_UNSUPPORTED_PATTERN = (
+    "patterns are matched in linear time, without look-arounds or back-references"
+    " (or it is not a valid regular expression)"
+)
+_VALIDATORS_MAX = 1024
+# Compiled validators by the `id` of their schema. Each entry holds its schema, so that id is
+# not reused while the entry lives; a schema is not changed once it is in an EventType.
+_validators: dict[int, tuple[dict[str, Any], jsonschema_rs.Validator]] = {}
 
 
-def _pattern_properties(
-    validator: Any, patterns: dict[str, Any], instance: Any, schema: dict[str, Any]
-) -> Iterator[ValidationError]:
-    if not validator.is_type(instance, "object"):
-        return
-    for pattern, subschema in patterns.items():
-        for key, value in instance.items():
-            if _regex(pattern).search(key):
-                yield from validator.descend(value, subschema, path=key, schema_path=pattern)
-
-
-@cache
-def _regex(pattern: str) -> Any:
-    """A compiled RE2 expression: linear time, so a tenant's schema cannot stall the service with
-    a pattern that backtracks (`^(a+)+$`)."""
+def _compile(schema: dict[str, Any], what: str) -> jsonschema_rs.Validator:
+    """A draft 2020-12 validator of `schema` (whatever its `$schema`), or BadRequest."""
     try:
-        return re2.compile(pattern)
-    except re2.error as exc:
-        raise BadRequest(f"pattern {pattern!r} is not supported: {exc}") from exc
+        return jsonschema_rs.Draft202012Validator(schema, pattern_options=_PATTERNS, offline=True)
+    except jsonschema_rs.ValidationError as exc:
+        kind = exc.kind
+        if isinstance(kind, jsonschema_rs.ValidationErrorKind.Format) and kind.format == "regex":
+            raise BadRequest(
+                f"{what}: pattern {exc.instance!r} is not supported: {_UNSUPPORTED_PATTERN}"
+            ) from exc
+        where = _pointer("", exc.instance_path)
+        raise BadRequest(
+            f"{what} is not a valid JSON Schema: {where + ': ' if where else ''}{exc.message}"
+        ) from exc
+    except ValueError as exc:  # a value JSON cannot hold (a YAML date, say)
+        raise BadRequest(f"{what} is not a valid JSON Schema: {exc}") from exc
 
 
-# Draft 2020-12 with `pattern` and `patternProperties` matched by RE2 instead of Python's `re`.
-SafeValidator = validators.extend(  # type: ignore[no-untyped-call]
-    Draft202012Validator, {"pattern": _pattern, "patternProperties": _pattern_properties}
+def _validator(schema: dict[str, Any], what: str = "schema") -> jsonschema_rs.Validator:
+    """The compiled validator of `schema`, cached."""
+    cached = _validators.get(id(schema))
+    if cached is not None and cached[0] is schema:
+        return cached[1]
+    validator = _compile(schema, what)
+    if len(_validators) >= _VALIDATORS_MAX:
+        _validators.clear()  # tenants' types are read anew as they change: start afresh
+    _validators[id(schema)] = (schema, validator)
+    return validator
+
+
+def _pointer(prefix: str, path: Sequence[str | int]) -> str:
+    """A JSON pointer: `prefix` followed by `path`, `~` and `/` escaped."""
+    return prefix + "".join(f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in path)
+
+
+def _message(error: jsonschema_rs.ValidationError) -> str:
+    """The error's message, with a long string that breaks a pattern cut short."""
+    kind = error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Pattern) and isinstance(
+        error.instance, str
+    ):
+        shown = error.instance if len(error.instance) <= 80 else error.instance[:77] + "..."
+        return (
+            f"{json.dumps(shown, ensure_ascii=False)} does not match"
+            f" {json.dumps(kind.pattern, ensure_ascii=False)}"
+        )
+    return error.message
+
+
+# Keywords whose value maps names to subschemas: in a schema path, a name follows them.
+_NAMED_SUBSCHEMAS = frozenset(
+    {"properties", "patternProperties", "dependentSchemas", "$defs", "definitions"}
 )
 
 
-@cache
-def _validator(schema_json: str) -> Any:
-    return SafeValidator(json.loads(schema_json))
+def _false_rule(schema_path: Sequence[str | int]) -> str:
+    """The rule a `false` subschema broke: the keyword it is the value of
+    (`"additionalProperties": false`), else `false` (`"properties": {"x": false}`)."""
+    rule, named = "false", False
+    for part in schema_path:
+        if isinstance(part, int) or named:  # an index or a name, not a keyword
+            rule, named = "false", False
+        else:
+            rule, named = part, part in _NAMED_SUBSCHEMAS
+    return rule
 
 
 def body_errors(schema: dict[str, Any], body: Any) -> list[dict[str, Any]]:
     """Where `body` breaks `schema`: JSON pointers (within the event), rules and messages."""
-    validator = _validator(json.dumps(schema, sort_keys=True))
+    validator = _validator(schema)
+    if validator.is_valid(body):
+        return []
     errors = []
-    for error in sorted(validator.iter_errors(body), key=lambda e: list(e.absolute_path)):
-        path = list(error.absolute_path)
-        if error.validator == "required" and isinstance(error.validator_value, list):
+    for error in sorted(validator.iter_errors(body), key=lambda e: list(e.instance_path)):
+        path = list(error.instance_path)
+        kind = error.kind
+        if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
             # Point at the missing member itself, not at the object that lacks it.
-            path.extend(
-                name
-                for name in error.validator_value
-                if error.message == f"{name!r} is a required property"
-            )
-        pointer = "/data/body" + "".join(
-            f"/{str(part).replace('~', '~0').replace('/', '~1')}" for part in path
-        )
+            path.append(kind.property)
+        if isinstance(kind, jsonschema_rs.ValidationErrorKind.FalseSchema):
+            rule = _false_rule(error.schema_path)
+        else:
+            rule = str(error.schema_path[-1]) if error.schema_path else kind.name
+        pointer = _pointer("/data/body", path)
         errors.append(
-            {
-                "pointer": pointer,
-                "rule": str(error.validator),
-                "message": f"{pointer}: {error.message} ({error.validator})",
-            }
+            {"pointer": pointer, "rule": rule, "message": f"{pointer}: {_message(error)} ({rule})"}
         )
     return errors
 
