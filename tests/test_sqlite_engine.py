@@ -100,3 +100,25 @@ async def test_writes_that_conflict_within_a_group_are_serialized(engine: SQLite
         assert _names(engine) == ["other", "same"]
     finally:
         engine.stop()
+
+
+async def test_the_wal_is_checkpointed_off_the_writer(tmp_path: Path) -> None:
+    """Committed writes reach the database file itself soon after, with nobody asking."""
+    path = tmp_path / "checkpointed.db"
+    engine = SQLiteEngine(str(path))
+    engine.start()
+    try:
+        await engine.write(lambda conn: conn.execute("CREATE TABLE rows (name TEXT)"))
+        before = path.stat().st_size
+        await engine.write(
+            lambda conn: conn.executemany(
+                "INSERT INTO rows (name) VALUES (?)", [(f"row {i:06}",) for i in range(5_000)]
+            )
+        )
+        for _ in range(100):
+            if path.stat().st_size > before + 50_000:
+                break
+            await asyncio.sleep(0.05)
+        assert path.stat().st_size > before + 50_000
+    finally:
+        engine.stop()

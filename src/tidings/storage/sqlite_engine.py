@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
 _MAX_GROUP = 512
+_CHECKPOINT_EVERY_S = 0.25
+_BACKSTOP_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages
 
 
 def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
@@ -82,15 +84,24 @@ class SQLiteEngine:
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tidings-sqlite-read")
         self._reader_conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._written = threading.Event()  # set by the writer after a commit
+        self._stopping = threading.Event()
+        self._checkpointer: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the writer thread (which opens the database and sets WAL mode)."""
+        """Start the writer thread (which opens the database and sets WAL mode) and the
+        checkpointer."""
         started = threading.Event()
         self._writer = threading.Thread(
             target=self._write_loop, args=(started,), name="tidings-sqlite-write", daemon=True
         )
         self._writer.start()
         started.wait()
+        self._stopping.clear()
+        self._checkpointer = threading.Thread(
+            target=self._checkpoint_loop, name="tidings-sqlite-checkpoint", daemon=True
+        )
+        self._checkpointer.start()
 
     def stop(self) -> None:
         """Finish pending writes, then close every connection."""
@@ -98,6 +109,11 @@ class SQLiteEngine:
             self._queue.put(None)
             self._writer.join()
             self._writer = None
+        if self._checkpointer is not None:
+            self._stopping.set()
+            self._written.set()
+            self._checkpointer.join()
+            self._checkpointer = None
         self._readers.shutdown(wait=True)
         with self._lock:
             for conn in self._reader_conns:
@@ -133,8 +149,24 @@ class SQLiteEngine:
                 self._reader_conns.append(conn)
         return fn(conn)
 
+    def _checkpoint_loop(self) -> None:
+        """Checkpoint the WAL after writes, at most every _CHECKPOINT_EVERY_S, until stopped."""
+        conn = connect(self.path, self.synchronous)
+        try:
+            while not self._stopping.is_set():
+                self._written.wait()
+                self._written.clear()
+                if self._stopping.wait(_CHECKPOINT_EVERY_S):
+                    break
+                # PASSIVE: never waits for the writer or a reader; what it cannot copy now,
+                # the next round copies.
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
     def _write_loop(self, started: threading.Event) -> None:
         conn = connect(self.path, self.synchronous)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_CHECKPOINT_PAGES}")
         started.set()
         running = True
         while running:
@@ -152,6 +184,7 @@ class SQLiteEngine:
                     break
                 jobs.append(job)
             self._commit_group(conn, jobs)
+            self._written.set()
         conn.close()
 
     @classmethod
