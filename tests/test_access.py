@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from tests.conftest import Tenant, auth, event, make_token, storage_of
 from tidings import groups
 from tidings.timestamps import NS, from_ns
-from tidings.tokens import effective_roles
+from tidings.tokens import TokenCache, effective_roles
 
 SUID = re.compile(r"[0-9a-f]{16}")
 
@@ -365,3 +365,23 @@ def test_viewer_reads_but_does_not_ingest(client: TestClient, tenant: Tenant) ->
     assert can_read(client, tenant.viewer) == 200
     response = client.post("/v1/events", json=event(tenant.root), headers=auth(tenant.viewer))
     assert response.status_code == 403
+
+
+def test_a_token_deleted_by_another_process_stops_within_the_cache_time(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """A token is kept for a second after it is looked up: deleted behind this process's back
+    (as another process of the database would), it works until then, and never after."""
+    now = [0.0]
+    state = client.app.state.tidings  # type: ignore[attr-defined]
+    state.tokens = TokenCache(ttl_s=1.0, clock=lambda: now[0])
+    created = create_token(client, tenant.owner).json()
+    assert can_read(client, created["token"]) == 200
+    assert client.portal is not None
+    assert client.portal.call(storage_of(client).delete_token, tenant.root, created["id"])
+    now[0] = 0.9
+    assert can_read(client, created["token"]) == 200
+    now[0] = 1.0
+    assert can_read(client, created["token"]) == 401
+    now[0] = 0.0  # and an unknown token is not kept: it stays refused
+    assert can_read(client, created["token"]) == 401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import jwt
@@ -10,7 +11,7 @@ import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from fastapi.testclient import TestClient
 
-from tests.conftest import Tenant, auth, event, make_token
+from tests.conftest import Tenant, auth, event, make_token, storage_of
 from tests.databases import MakeDatabase
 from tests.receivers import Receiver
 from tidings import groups, wire
@@ -158,6 +159,30 @@ def test_events_reach_subscriptions_of_their_group_and_its_ancestors_only(
         assert [r.header("Ce-Id") for r in sinks[group].wait_for(1)] == ["deep"]
     assert sinks[b2].received() == []
     assert sinks[f"{c}/d"].received() == []
+
+
+def test_ingest_counts_the_deliveries_each_event_queued(
+    client: TestClient, tenant: Tenant, receivers: Any
+) -> None:
+    """Each new event says how many deliveries it queued (the worker is woken only then);
+    a repeat queues none."""
+    subscribe(client, tenant.owner, tenant.root, receivers().url, types=["dev.example.*"])
+    subscribe(client, tenant.owner, f"{tenant.root}/team", receivers().url)
+    storage = storage_of(client)
+    batch = [
+        wire.parse_event(event(tenant.root, id="root")),
+        wire.parse_event(event(f"{tenant.root}/team", id="team")),
+        wire.parse_event(event(tenant.root, id="other", type="dev.other.thing.v1")),
+    ]
+    assert client.portal is not None
+    ingested = client.portal.call(storage.ingest, batch, time.time_ns())
+    assert [(i.event.id, i.created, i.deliveries) for i in ingested] == [
+        ("root", True, 1),
+        ("team", True, 2),
+        ("other", True, 0),
+    ]
+    [repeat] = client.portal.call(storage.ingest, batch[:1], time.time_ns())
+    assert (repeat.created, repeat.deliveries) == (False, 0)
 
 
 def test_filters_select_by_type_prefix_and_subject(

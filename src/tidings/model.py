@@ -65,10 +65,12 @@ class StoredEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Ingested:
-    """The outcome of ingesting one event: the stored event, and whether it is new."""
+    """The outcome of ingesting one event: the stored event, whether it is new, and how many
+    deliveries it queued."""
 
     event: StoredEvent
     created: bool
+    deliveries: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

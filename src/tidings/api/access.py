@@ -135,6 +135,9 @@ async def delete_token(request: Request, token_id: str) -> Response:
     """Delete a token of the caller's subtree; it stops working at once."""
     principal = await authenticate(request)
     principal.require("owner")
-    if not await state_of(request).storage.delete_token(principal.group, token_id):
+    state = state_of(request)
+    deleted = await state.storage.delete_token(principal.group, token_id)
+    state.tokens.clear()
+    if not deleted:
         raise NotFound(f"no token {token_id!r} in the token's subtree")
     return Response(status_code=204)

@@ -137,7 +137,8 @@ async def ingest(request: Request) -> Response:
     events = await state.catalog.check(events, batch)
     results = await state.storage.ingest(events, state.clock())
     state.metrics.ingested(result.event.type for result in results if result.created)
-    state.wake_worker()
+    if any(result.deliveries for result in results):
+        state.wake_worker()
     status = 201 if any(result.created for result in results) else 200
     if batch:
         payload = '{"events":[' + ",".join(r.event.to_json() for r in results) + "]}"

@@ -15,6 +15,7 @@ from tidings.cursors import CursorCodec
 from tidings.metrics import Metrics
 from tidings.ratelimit import RateLimiter
 from tidings.storage.base import Storage
+from tidings.tokens import TokenCache
 
 if TYPE_CHECKING:
     from tidings.delivery.transport import Transport
@@ -37,6 +38,7 @@ class AppState:
     worker: Worker | None = None
     catalog: Catalog = field(init=False)
     rate_limiter: RateLimiter = field(default_factory=RateLimiter)
+    tokens: TokenCache = field(default_factory=TokenCache)
 
     def __post_init__(self) -> None:
         self.catalog = Catalog(self.storage, self.settings.catalog_file)

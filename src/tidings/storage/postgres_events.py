@@ -6,6 +6,7 @@ An event's position is its (tx, seq) pair packed into one integer (tx in the hig
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -281,11 +282,14 @@ async def ingest(
         ) as copy:
             for scope_row in scope_rows:
                 await copy.write_row(scope_row)
-    await _fan_out(conn, fresh, now_ns)
-    return [
-        Ingested(event=stored[key], created=key in inserted and index == keyed[key])
-        for index, (_, _, key) in enumerate(prepared)
-    ]
+    queued = await _fan_out(conn, fresh, now_ns)
+    seq_of = {key: seq for (_, _, key), seq in zip(unique, seqs, strict=True)}
+    results = []
+    for index, (_, _, key) in enumerate(prepared):
+        created = key in inserted and index == keyed[key]
+        deliveries = queued[seq_of[key]] if created else 0
+        results.append(Ingested(event=stored[key], created=created, deliveries=deliveries))
+    return results
 
 
 async def _existing(
@@ -321,10 +325,11 @@ async def _existing(
 
 async def _fan_out(
     conn: AsyncConnection[Any], fresh: list[tuple[EventInput, int]], now_ns: int
-) -> None:
-    """Queue each new event for the active subscriptions that match it, and wake the workers."""
+) -> Counter[int]:
+    """Queue each new event for the active subscriptions that match it, and wake the workers;
+    return how many deliveries each event (by its seq) queued."""
     if not fresh:
-        return
+        return Counter()
     scopes: set[str] = set()
     for event, _ in fresh:
         scopes |= groups_above(event)
@@ -336,7 +341,7 @@ async def _fan_out(
         if sub.group in groups_above(event) and delivers_to(sub, event)
     ]
     if not queued:
-        return
+        return Counter()
     async with conn.cursor().copy(
         "COPY deliveries (subscription_id, event_seq, event_stored_ns, status, due_ns, created_ns, updated_ns)"
         " FROM STDIN"
@@ -344,3 +349,4 @@ async def _fan_out(
         for sub_id, seq, stored_ns in queued:
             await copy.write_row((sub_id, seq, stored_ns, "pending", now_ns, now_ns, now_ns))
     await conn.execute(f"NOTIFY {WAKE_CHANNEL}")
+    return Counter(seq for _, seq, _ in queued)

@@ -123,7 +123,7 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
                 "INSERT INTO event_payloads (position, payload) VALUES (?, ?)",
                 (position, event.raw),
             )
-        fan_out.enqueue(position, event, now_ns)
+        deliveries = fan_out.enqueue(position, event, now_ns)
         stored = StoredEvent(
             position=position,
             id=event_id,
@@ -133,7 +133,7 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
             attributes=attributes,
             data=event.data_json,
         )
-        results.append(Ingested(event=stored, created=True))
+        results.append(Ingested(event=stored, created=True, deliveries=deliveries))
     return results
 
 
