@@ -148,6 +148,8 @@ async def test_retention_keeps_exactly_the_last_90_days(backend: str, database_u
             stored_at[name] = at
         assert await deliver_everything(storage, NOW) == len(stored_at)
         assert await count(storage, root) == len(stored_at)
+        # A search finds them all (and so every event is in the full-text index before expiry).
+        assert await storage.count_events(EventQuery(scope=root, text="widget")) == len(stored_at)
         if backend == "postgres":
             days_before = partition_days(database_url)
             assert min(days_before["events"]) <= day_of(NOW - 119 * DAY_NS)

@@ -33,12 +33,20 @@ def _strings(value: Any) -> Iterator[str]:
 
 
 def searchable_text(event: EventInput) -> str:
-    """What `q` searches: type, subject, actor, description and the body's values."""
-    parts = [
+    """What `q` searches in `event`: type, subject, actor, description and the body's values."""
+    return search_text(
         event.type,
-        event.subject or "",
-        event.actor or "",
-        str(event.extensions.get("description", "")),
-    ]
-    parts.extend(_strings(event.data.get("body", {})))
+        event.subject,
+        event.actor,
+        event.extensions.get("description"),
+        event.data.get("body", {}),
+    )
+
+
+def search_text(
+    type_: str, subject: str | None, actor: str | None, description: object, body: object
+) -> str:
+    """The words `q` searches, from an event's type, subject, actor, description and body."""
+    parts = [type_, subject or "", actor or "", "" if description is None else str(description)]
+    parts.extend(_strings(body))
     return " ".join(WORD.findall(" ".join(parts)))

@@ -39,6 +39,7 @@ from tidings.storage.sqlite_delivery import (
 )
 from tidings.storage.sqlite_engine import SQLiteEngine, connect
 from tidings.storage.sqlite_events import SQL, event_from_row, expire_batch, find_sql, ingest
+from tidings.storage.sqlite_search import SearchIndexer
 
 
 def split_statements(script: str) -> list[str]:
@@ -93,6 +94,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     def __init__(self, path: str, synchronous: str = "FULL"):
         self.path = path
         self._engine = SQLiteEngine(path, synchronous)
+        self._search = SearchIndexer(self._engine.write)
         self._open = False
 
     async def open(self) -> None:
@@ -103,6 +105,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
 
     async def close(self) -> None:
         if self._open:
+            self._search.stop()
             self._engine.stop()
             self._open = False
 
@@ -131,14 +134,23 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         return await self._engine.write(get_or_make)
 
     async def ingest(self, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
-        return await self._engine.write(lambda conn: ingest(conn, events, now_ns))
+        ingested = await self._engine.write(lambda conn: ingest(conn, events, now_ns))
+        self._search.ingested()
+        return ingested
+
+    async def _searchable(self, query: EventQuery) -> None:
+        """Before a full-text search, index every event stored so far."""
+        if query.text is not None:
+            await self._search.catch_up()
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
+        await self._searchable(query)
         sql, params = SQL.list_sql(query)
         rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
         return [event_from_row(row) for row in rows]
 
     async def count_events(self, query: EventQuery) -> int:
+        await self._searchable(query)
         sql, params = SQL.count_sql(query)
         row = await self._engine.read(lambda conn: conn.execute(sql, params).fetchone())
         return int(row[0])
@@ -146,6 +158,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     async def event_stats(
         self, query: EventQuery, group_by: Sequence[str], interval: str | None
     ) -> list[tuple[Any, ...]]:
+        await self._searchable(query)
         sql, params = SQL.stats_sql(query, group_by, interval)
         return await self._engine.read(lambda conn: [tuple(r) for r in conn.execute(sql, params)])
 

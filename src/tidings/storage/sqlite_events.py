@@ -19,7 +19,7 @@ from tidings import groups
 from tidings.errors import Conflict
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent
 from tidings.storage import querying
-from tidings.storage.indexing import searchable_text, visible_scopes
+from tidings.storage.indexing import visible_scopes
 from tidings.storage.sqlite_delivery import FanOut
 from tidings.timestamps import from_ns
 from tidings.wire import render_attributes
@@ -113,10 +113,6 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
         conn.executemany(
             "INSERT INTO event_scopes (scope, position, type) VALUES (?, ?, ?)",
             [(scope, position, event.type) for scope in visible_scopes(event)],
-        )
-        conn.execute(
-            "INSERT INTO events_text (rowid, text) VALUES (?, ?)",
-            (position, searchable_text(event)),
         )
         if event.raw is not None:
             conn.execute(

@@ -1,0 +1,92 @@
+"""The SQLite full-text index, written behind the events by the search indexer."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+from tests.conftest import event
+from tidings import groups, wire
+from tidings.model import EventQuery
+from tidings.storage.migrations import migration_files
+from tidings.storage.sqlite import SQLiteStorage, apply_migrations, split_statements
+
+NOW = 1_780_000_000 * 10**9
+
+
+def indexed(path: Path) -> tuple[int, int]:
+    """(rows in the full-text index, the indexer's mark), read from the file."""
+    with sqlite3.connect(path) as conn:
+        (rows,) = conn.execute("SELECT count(*) FROM events_text").fetchone()
+        (mark,) = conn.execute(
+            "SELECT CAST(value AS INTEGER) FROM settings WHERE name = 'search:indexed'"
+        ).fetchone()
+    return int(rows), int(mark)
+
+
+async def test_a_search_finds_an_event_stored_just_before(tmp_path: Path) -> None:
+    """Read your writes: a search right after an ingest finds the event."""
+    storage = SQLiteStorage(str(tmp_path / "search.db"))
+    await storage.open()
+    try:
+        root = groups.new_root()
+        body = {"actor": {"subject": "user-1"}, "body": {"name": "zanzibar-gadget"}}
+        for n in range(3):
+            [stored] = await storage.ingest([wire.parse_event(event(root, data=body))], NOW + n)
+            found = await storage.list_events(EventQuery(scope=root, text="zanzibar"))
+            assert [e.id for e in found][-1] == stored.event.id
+            assert len(found) == n + 1
+    finally:
+        await storage.close()
+
+
+async def test_the_index_follows_ingest_without_a_search(tmp_path: Path) -> None:
+    """Ingested events are indexed soon after, in the background, and the mark moves on."""
+    path = tmp_path / "background.db"
+    storage = SQLiteStorage(str(path))
+    await storage.open()
+    try:
+        root = groups.new_root()
+        batch = [wire.parse_event(event(root, id=f"e{n}")) for n in range(5)]
+        stored = await storage.ingest(batch, NOW)
+        for _ in range(100):
+            if indexed(path)[0] == 5:
+                break
+            await asyncio.sleep(0.05)
+        assert indexed(path) == (5, stored[-1].event.position)
+    finally:
+        await storage.close()
+
+
+async def test_an_upgraded_database_is_not_indexed_twice(tmp_path: Path) -> None:
+    """A database whose events were indexed with them (before the indexer) keeps one index row
+    an event: the migration starts the indexer after the last event stored."""
+    path = tmp_path / "upgraded.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_ns INTEGER)")
+    for name, sql in migration_files("sqlite"):
+        if name.startswith("0007"):
+            break
+        for statement in split_statements(sql):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time_ns()))
+    for position in (1, 2):  # as the previous version stored events: the text with them
+        conn.execute(
+            "INSERT INTO events (position, tenant, group_path, id, source, type, time_ns, stored_ns,"
+            " fingerprint, attributes, data) VALUES (?, 't', 't', ?, 's', 'dev.x.v1', 0, 0, '',"
+            " '{}', '{\"body\": {}}')",
+            (position, f"old-{position}"),
+        )
+        conn.execute("INSERT INTO events_text (rowid, text) VALUES (?, 'dev x v1')", (position,))
+    conn.close()
+    assert apply_migrations(str(path)) == ["0007_search_backlog.sql"]
+    assert indexed(path) == (2, 2)
+    storage = SQLiteStorage(str(path))
+    await storage.open()
+    try:
+        assert await storage.count_events(EventQuery(scope="t", text="dev")) == 2
+        assert indexed(path) == (2, 2)
+    finally:
+        await storage.close()
