@@ -48,19 +48,8 @@ def _names(engine: SQLiteEngine) -> list[str]:
 
 
 async def _grouped(engine: SQLiteEngine, writes: list[Write]) -> list[object]:
-    """Run `writes` as one group: a first write holds the writer until all are queued."""
-    gate = threading.Event()
-
-    def hold(conn: sqlite3.Connection) -> None:
-        gate.wait(10)
-
-    held = asyncio.ensure_future(engine.write(hold))
-    await asyncio.sleep(0.05)  # the writer has taken `hold` and waits in it
-    futures = [asyncio.ensure_future(engine.write(write)) for write in writes]
-    await asyncio.sleep(0.05)  # every write is queued
-    gate.set()
-    await held
-    return await asyncio.gather(*futures, return_exceptions=True)
+    """Run `writes` as one group: asked for together, before the engine gets to them."""
+    return await asyncio.gather(*(engine.write(write) for write in writes), return_exceptions=True)
 
 
 async def test_a_failing_write_fails_alone_and_leaves_nothing(engine: SQLiteEngine) -> None:
@@ -74,7 +63,7 @@ async def test_a_failing_write_fails_alone_and_leaves_nothing(engine: SQLiteEngi
         assert isinstance(results[2], Refused)
         assert _names(engine) == ["a", "b", "d"]
     finally:
-        engine.stop()
+        await engine.stop()
 
 
 async def test_two_failing_writes_in_a_group(engine: SQLiteEngine) -> None:
@@ -87,7 +76,7 @@ async def test_two_failing_writes_in_a_group(engine: SQLiteEngine) -> None:
         assert (results[1], results[3]) == ("b", "d")
         assert _names(engine) == ["b", "d"]
     finally:
-        engine.stop()
+        await engine.stop()
 
 
 async def test_writes_that_conflict_within_a_group_are_serialized(engine: SQLiteEngine) -> None:
@@ -99,7 +88,7 @@ async def test_writes_that_conflict_within_a_group_are_serialized(engine: SQLite
         assert sorted(r for r in results if isinstance(r, str)) == ["other", "same"]
         assert _names(engine) == ["other", "same"]
     finally:
-        engine.stop()
+        await engine.stop()
 
 
 async def test_the_wal_is_checkpointed_off_the_writer(tmp_path: Path) -> None:
@@ -121,4 +110,38 @@ async def test_the_wal_is_checkpointed_off_the_writer(tmp_path: Path) -> None:
             await asyncio.sleep(0.05)
         assert path.stat().st_size > before + 50_000
     finally:
-        engine.stop()
+        await engine.stop()
+
+
+async def test_a_long_write_runs_alone_between_groups(engine: SQLiteEngine) -> None:
+    """A long write runs off the loop in a transaction of its own; the writes before and after
+    it are committed too, each answered with its own result."""
+    ran_on: list[str] = []
+
+    def long_write(conn: sqlite3.Connection) -> str:
+        ran_on.append(threading.current_thread().name)
+        conn.execute("INSERT INTO rows (name) VALUES ('long')")
+        return "long"
+
+    try:
+        results = await asyncio.gather(
+            engine.write(_insert("before")),
+            engine.write(long_write, long=True),
+            engine.write(_insert("after")),
+        )
+        assert results == ["before", "long", "after"]
+        assert ran_on != [threading.current_thread().name]
+        assert _names(engine) == ["after", "before", "long"]
+    finally:
+        await engine.stop()
+
+
+async def test_stop_finishes_the_writes_asked_for(engine: SQLiteEngine) -> None:
+    """Writes asked for before the engine stops are committed, not dropped."""
+    writes = [asyncio.ensure_future(engine.write(_insert(f"w{n}"))) for n in range(20)]
+    await asyncio.sleep(0)  # each has asked
+    await engine.stop()
+    assert [await write for write in writes] == [f"w{n}" for n in range(20)]
+    conn = sqlite3.connect(engine.path)
+    assert conn.execute("SELECT count(*) FROM rows").fetchone()[0] == 20
+    conn.close()

@@ -37,7 +37,7 @@ from tidings.storage.sqlite_delivery import (
     SQLiteDeliveries,
     insert_subscription,
 )
-from tidings.storage.sqlite_engine import SQLiteEngine, connect
+from tidings.storage.sqlite_engine import GROUP_SIZE, SQLiteEngine, connect
 from tidings.storage.sqlite_events import SQL, event_from_row, expire_batch, find_sql, ingest
 from tidings.storage.sqlite_search import SearchIndexer
 
@@ -106,7 +106,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     async def close(self) -> None:
         if self._open:
             self._search.stop()
-            self._engine.stop()
+            await self._engine.stop()
             self._open = False
 
     async def migrate(self) -> list[str]:
@@ -134,7 +134,11 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         return await self._engine.write(get_or_make)
 
     async def ingest(self, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
-        ingested = await self._engine.write(lambda conn: ingest(conn, events, now_ns))
+        ingested = await self._engine.write(
+            lambda conn: ingest(conn, events, now_ns),
+            long=len(events) > GROUP_SIZE,
+            size=len(events),
+        )
         self._search.ingested()
         return ingested
 
@@ -310,7 +314,9 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     async def expire(self, before_ns: int, batch: int = 1000) -> int:
         deleted = 0
         while True:
-            removed = await self._engine.write(lambda conn: expire_batch(conn, before_ns, batch))
+            removed = await self._engine.write(
+                lambda conn: expire_batch(conn, before_ns, batch), long=True
+            )
             deleted += removed
             if removed < batch:
                 return deleted

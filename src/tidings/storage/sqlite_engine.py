@@ -1,25 +1,35 @@
-"""SQLite connections for asyncio: one writer thread that group-commits, and a reader pool.
+"""SQLite connections for asyncio: group-committed writes, a reader pool, a checkpointer.
 
-Every write runs on the writer thread. It takes all the writes that are
-waiting, runs them in one transaction, commits once, and only then answers
-each caller: under load many requests share one fsync, and a caller never
-hears of a write that is not on disk. Readers run on their own connections in
-a thread pool; WAL lets them read while the writer writes.
+Writes. Every write is a function of the one writer connection. The writes
+waiting when the engine gets to them form a group: they run one after the
+other in one transaction, on the event loop's own thread, and the group's
+COMMIT (its fsync) runs on a thread of its own, during which the loop goes on
+serving requests and the next group gathers. Only then is each caller
+answered: under load many requests share one fsync, and a caller never hears
+of a write that is not on disk. The statements run on the loop's thread on
+purpose: run on a writer thread, every statement let go of Python's global
+lock and waited to take it back from the busy event loop, which cost a
+single-event ingest about a fifth of its rate. A write that may run long (a
+replay, a retention batch) is marked `long` and runs on the commit thread
+instead, alone in its transaction, so that it never holds up the loop.
 
-The writes of a group are not wrapped in savepoints: a savepoint copies every
-page it changes to a journal first, which more than doubled the cost of an
-ingest. Instead a group is optimistic: if one of its writes fails, the whole
-transaction is rolled back, that write runs again alone (its failure reaches
-its caller only), and the others run again together. A write is a
-function of the connection, so running it again does the same. A failing
-write costs its group one more run (failures, such as a 409 on a conflicting
-event, are the rare case), never a transaction and an fsync for each write.
+A group is not wrapped in savepoints: a savepoint copies every page it
+changes to a journal first, which more than doubled the cost of an ingest.
+Instead a group is optimistic: if one of its writes fails, the transaction is
+rolled back, that write runs again alone (its failure reaches its caller
+only), and the others run again together. A write is a function of the
+connection, so running it again does the same; a failing write (a 409 on a
+conflicting event, say: the rare case) costs its group one more run.
+
+Reads run on their own connections in a thread pool; WAL lets them read while
+a write is under way. Checkpoints (copying the WAL back into the database file,
+and its fsync) run on a thread of their own too: the writer's automatic
+checkpoint is only a backstop for a WAL that grows past 64 MiB.
 """
 
 from __future__ import annotations
 
 import asyncio
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -28,8 +38,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 WriteFn = Callable[[sqlite3.Connection], Any]
-_MAX_GROUP = 512
+GROUP_SIZE = 500
 _CHECKPOINT_EVERY_S = 0.25
+_STOP_WAIT_S = 30.0  # writes of another event loop, finishing
 _BACKSTOP_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages
 
 
@@ -52,10 +63,31 @@ def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sql
 
 
 class _Job:
-    __slots__ = ("fn", "future", "loop")
+    __slots__ = ("fn", "future", "long", "loop", "size")
 
-    def __init__(self, fn: WriteFn, future: asyncio.Future[Any], loop: asyncio.AbstractEventLoop):
-        self.fn, self.future, self.loop = fn, future, loop
+    def __init__(
+        self,
+        fn: WriteFn,
+        future: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        long: bool,
+        size: int,
+    ):
+        self.fn, self.future, self.loop, self.long, self.size = fn, future, loop, long, size
+
+    def settle(self, ok: bool, value: Any) -> None:
+        """Answer the caller, on its own loop."""
+        if self.loop is _running_loop():
+            _settle(self.future, ok, value)
+        else:
+            self.loop.call_soon_threadsafe(_settle, self.future, ok, value)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -67,65 +99,187 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-def _settle_all(settled: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in settled:
-        _settle(future, ok, value)
+class _JobFailed(Exception):
+    """A job of a group failed: the group's transaction was rolled back."""
+
+    def __init__(self, index: int):
+        super().__init__(index)
+        self.index = index
 
 
 class SQLiteEngine:
-    """Runs writes on one group-committing thread and reads on a pool."""
+    """Group-commits writes (see the module's docstring) and runs reads on a pool."""
 
     def __init__(self, path: str, synchronous: str = "FULL", readers: int = 4):
         self.path = path
         self.synchronous = synchronous
-        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._writer: threading.Thread | None = None
+        self._reader_count = readers
+        self._conn: sqlite3.Connection | None = None
+        self._pending: list[_Job] = []
+        self._draining = False
+        self._drainer: asyncio.Task[None] | None = None
+        self._drained = threading.Event()
+        self._drained.set()
+        self._lock = threading.Lock()
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-commit")
         self._local = threading.local()
         self._readers = ThreadPoolExecutor(readers, thread_name_prefix="tidings-sqlite-read")
         self._reader_conns: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        self._written = threading.Event()  # set by the writer after a commit
+        self._written = threading.Event()  # set after a commit, for the checkpointer
         self._stopping = threading.Event()
         self._checkpointer: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the writer thread (which opens the database and sets WAL mode) and the
-        checkpointer."""
-        started = threading.Event()
-        self._writer = threading.Thread(
-            target=self._write_loop, args=(started,), name="tidings-sqlite-write", daemon=True
+        """Open the writer connection (setting WAL mode) and start the checkpointer."""
+        conn = connect(self.path, self.synchronous)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_CHECKPOINT_PAGES}")
+        self._conn = conn
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-commit")
+        self._readers = ThreadPoolExecutor(
+            self._reader_count, thread_name_prefix="tidings-sqlite-read"
         )
-        self._writer.start()
-        started.wait()
         self._stopping.clear()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_loop, name="tidings-sqlite-checkpoint", daemon=True
         )
         self._checkpointer.start()
 
-    def stop(self) -> None:
-        """Finish pending writes, then close every connection."""
-        if self._writer is not None:
-            self._queue.put(None)
-            self._writer.join()
-            self._writer = None
+    async def stop(self) -> None:
+        """Finish the writes under way, then close every connection."""
+        drainer = self._drainer
+        if drainer is not None and not drainer.done():
+            if drainer.get_loop() is asyncio.get_running_loop():
+                await asyncio.shield(drainer)
+            else:
+                await asyncio.to_thread(self._drained.wait, _STOP_WAIT_S)
         if self._checkpointer is not None:
             self._stopping.set()
             self._written.set()
             self._checkpointer.join()
             self._checkpointer = None
+        self._committer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         with self._lock:
-            for conn in self._reader_conns:
-                conn.close()
+            for reader in self._reader_conns:
+                reader.close()
             self._reader_conns.clear()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in a write transaction; return its result once committed."""
+    async def write(
+        self, fn: Callable[[sqlite3.Connection], T], long: bool = False, size: int = 1
+    ) -> T:
+        """Run `fn` in a write transaction; return its result once committed.
+
+        `long`: the write may take a while (more than a few milliseconds); it runs off the
+        event loop, alone in its transaction. `size`: how many rows it writes, about; a
+        group holds writes of at most GROUP_SIZE rows (and any one write), so that a group
+        holds up the loop for a few milliseconds at most.
+        """
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put(_Job(fn, future, loop))
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("the SQLite engine is not started")
+            self._pending.append(_Job(fn, future, loop, long, size))
+            start = not self._draining
+            if start:
+                self._draining = True
+                self._drained.clear()
+        if start:
+            self._drainer = loop.create_task(self._drain())
         return await future
+
+    async def _drain(self) -> None:
+        """Commit groups of the pending writes until none is left."""
+        loop = asyncio.get_running_loop()
+        while True:
+            with self._lock:
+                if not self._pending:
+                    self._draining = False
+                    self._drained.set()
+                    return
+                if self._pending[0].long:
+                    jobs = [self._pending.pop(0)]
+                else:
+                    count, rows = 0, 0
+                    for job in self._pending:
+                        if job.long or (count and rows + job.size > GROUP_SIZE):
+                            break
+                        count, rows = count + 1, rows + job.size
+                    jobs = self._pending[:count]
+                    del self._pending[:count]
+            if jobs[0].long:
+                ok, value = await loop.run_in_executor(self._committer, self._run_alone, jobs[0])
+                jobs[0].settle(ok, value)
+            else:
+                for job, (ok, value) in zip(jobs, await self._commit_group(jobs), strict=True):
+                    job.settle(ok, value)
+            self._written.set()
+
+    async def _commit_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
+        """Run the jobs in one transaction on this thread and commit it on the commit thread;
+        a job that fails runs again alone and the others again together (see the docstring)."""
+        loop = asyncio.get_running_loop()
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        pending = list(range(len(jobs)))
+        while pending:
+            try:
+                results = self._run_together([(i, jobs[i]) for i in pending])
+            except _JobFailed as failed:
+                job = jobs[failed.index]
+                outcomes[failed.index] = await loop.run_in_executor(
+                    self._committer, self._run_alone, job
+                )
+                pending.remove(failed.index)
+                continue
+            try:
+                await loop.run_in_executor(self._committer, self._commit)
+            except Exception as exc:  # the commit itself failed: nobody's write is durable
+                self._rollback()
+                results = dict.fromkeys(pending, (False, exc))
+            outcomes.update(results)
+            break
+        return [outcomes[i] for i in range(len(jobs))]
+
+    def _writer(self) -> sqlite3.Connection:
+        assert self._conn is not None, "the SQLite engine is not started"
+        return self._conn
+
+    def _run_together(self, jobs: list[tuple[int, _Job]]) -> dict[int, tuple[bool, Any]]:
+        """Begin a transaction and run the jobs in it (uncommitted); if one fails, roll back
+        and raise _JobFailed."""
+        conn = self._writer()
+        conn.execute("BEGIN IMMEDIATE")
+        results: dict[int, tuple[bool, Any]] = {}
+        for index, job in jobs:
+            try:
+                results[index] = (True, job.fn(conn))
+            except Exception as exc:
+                self._rollback()
+                raise _JobFailed(index) from exc
+        return results
+
+    def _commit(self) -> None:
+        self._writer().execute("COMMIT")
+
+    def _run_alone(self, job: _Job) -> tuple[bool, Any]:
+        """Run one job in a transaction of its own, committed."""
+        conn = self._writer()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            result = job.fn(conn)
+            conn.execute("COMMIT")
+        except Exception as exc:
+            self._rollback()
+            return False, exc
+        return True, result
+
+    def _rollback(self) -> None:
+        conn = self._writer()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` on a reader connection in the pool."""
@@ -163,92 +317,3 @@ class SQLiteEngine:
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
         finally:
             conn.close()
-
-    def _write_loop(self, started: threading.Event) -> None:
-        conn = connect(self.path, self.synchronous)
-        conn.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_CHECKPOINT_PAGES}")
-        started.set()
-        running = True
-        while running:
-            first = self._queue.get()
-            if first is None:
-                break
-            jobs = [first]
-            while len(jobs) < _MAX_GROUP:
-                try:
-                    job = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    running = False
-                    break
-                jobs.append(job)
-            self._commit_group(conn, jobs)
-            self._written.set()
-        conn.close()
-
-    @classmethod
-    def _commit_group(cls, conn: sqlite3.Connection, jobs: list[_Job]) -> None:
-        outcomes: dict[int, tuple[bool, Any]] = {}
-        pending = list(range(len(jobs)))
-        while pending:
-            try:
-                outcomes.update(cls._run_together(conn, [(i, jobs[i]) for i in pending]))
-                break
-            except _JobFailed as failed:  # rolled back: that job alone, then the others again
-                outcomes[failed.index] = cls._run_alone(conn, jobs[failed.index])
-                pending.remove(failed.index)
-        # One wake-up of each waiting event loop per group, not one per write.
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
-        for i, job in enumerate(jobs):
-            ok, value = outcomes[i]
-            by_loop.setdefault(job.loop, []).append((job.future, ok, value))
-        for loop, settled in by_loop.items():
-            loop.call_soon_threadsafe(_settle_all, settled)
-
-    @staticmethod
-    def _run_together(
-        conn: sqlite3.Connection, jobs: list[tuple[int, _Job]]
-    ) -> dict[int, tuple[bool, Any]]:
-        """Run the jobs in one transaction; if one fails, roll back and raise _JobFailed."""
-        results: dict[int, tuple[bool, Any]] = {}
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for index, job in jobs:
-                try:
-                    results[index] = (True, job.fn(conn))
-                except Exception as exc:
-                    raise _JobFailed(index) from exc
-            conn.execute("COMMIT")
-        except _JobFailed:
-            _rollback(conn)
-            raise
-        except Exception as exc:  # the commit itself failed: nobody's write is durable
-            _rollback(conn)
-            return {index: (False, exc) for index, _ in jobs}
-        return results
-
-    @staticmethod
-    def _run_alone(conn: sqlite3.Connection, job: _Job) -> tuple[bool, Any]:
-        """Run one job in a transaction of its own."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            result = job.fn(conn)
-            conn.execute("COMMIT")
-        except Exception as exc:
-            _rollback(conn)
-            return False, exc
-        return True, result
-
-
-class _JobFailed(Exception):
-    """A job of a group failed: the group's transaction was rolled back."""
-
-    def __init__(self, index: int):
-        super().__init__(index)
-        self.index = index
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")

@@ -26,7 +26,7 @@ BATCH = 2_000
 DELAY_S = 0.2
 MARK = "search:indexed"
 
-Writer = Callable[[Callable[[sqlite3.Connection], int]], Awaitable[int]]
+Writer = Callable[..., Awaitable[int]]
 
 
 def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
@@ -76,7 +76,7 @@ class SearchIndexer:
 
     async def catch_up(self) -> None:
         """Index every event stored so far."""
-        while await self._write(index_batch) == BATCH:
+        while await self._write(index_batch, long=True) == BATCH:
             pass
 
     def stop(self) -> None:
