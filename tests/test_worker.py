@@ -573,6 +573,123 @@ async def test_overall_bound_holds_across_sinks(rig: Rig, receivers: Receivers) 
     assert statuses == ["delivered"] * 8
 
 
+def count_batches(storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """The sizes of the batches `storage.<name>` (record_attempts or release_claims) is given."""
+    sizes: list[int] = []
+    write = getattr(storage, name)
+
+    async def counted(items: Any) -> list[bool]:
+        sizes.append(len(items))
+        found: list[bool] = await write(items)
+        return found
+
+    monkeypatch.setattr(storage, name, counted)
+    return sizes
+
+
+async def test_results_are_recorded_together_once_no_send_is_in_flight(
+    rig: Rig, receivers: Receivers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 deliveries answered at once are recorded in one call: the last to end writes all."""
+    gate = Gate()
+    sub = await rig.subscribe(receivers(gate).url)
+    for index in range(20):
+        await rig.publish(sub.group, f"e-{index}")
+    batches = count_batches(rig.storage, monkeypatch, "record_attempts")
+    worker = rig.worker(record_delay_s=60.0)
+    run = asyncio.create_task(worker.run_once())
+    await wait_until(lambda: gate.current == 16)
+    gate.release.set()
+    assert await run == 20
+    assert batches == [20]  # the 4 that waited for the sink were still to send
+    assert [d.status for d in await rig.deliveries(sub)] == ["delivered"] * 20
+
+
+async def test_a_result_waits_for_its_batch_at_most_the_record_delay(
+    rig: Rig, receivers: Receivers
+) -> None:
+    """While a slow sink holds a send, a fast sink's result is recorded after record_delay_s."""
+    gate = Gate()
+    root = groups.new_root()
+    slow = await rig.subscribe(receivers(gate).url, root)
+    fast = await rig.subscribe(receivers().url, root)
+    await rig.publish(root)
+    run = asyncio.create_task(rig.worker(record_delay_s=0.05).run_once())
+    try:
+        began = time.monotonic()
+        while (await rig.only_delivery(fast)).status != "delivered":
+            assert time.monotonic() - began < 5
+            await asyncio.sleep(0.01)
+        assert gate.current == 1
+        assert (await rig.only_delivery(slow)).status == "pending"
+    finally:
+        gate.release.set()
+    assert await run == 2
+    assert (await rig.only_delivery(slow)).status == "delivered"
+
+
+async def test_a_busy_sink_keeps_per_sink_waiting_and_hands_the_rest_back(
+    rig: Rig, receivers: Receivers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """per_sink=2: 2 deliveries are sent, 2 wait for the sink, and the 5th is handed back
+    (due again in a second, with the others' hand-backs in one call); all arrive once."""
+    gate = Gate()
+    receiver = receivers(gate)
+    sub = await rig.subscribe(receiver.url)
+    for index in range(5):
+        await rig.publish(sub.group, f"e-{index}")
+    released = count_batches(rig.storage, monkeypatch, "release_claims")
+    worker = rig.worker(per_sink=2, poll_interval_s=0.02)
+    stop = asyncio.Event()
+    run = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until(lambda: gate.current == 2 and released == [1])
+        due = sorted(d.due_ns for d in await rig.deliveries(sub))
+        assert due == [T0 + NS] + [T0 + 60 * NS] * 4
+        gate.release.set()
+        await wait_until(lambda: len(receiver.received()) == 4)
+        rig.clock.advance(1)
+        worker.wake()
+        await wait_until(lambda: len(receiver.received()) == 5)
+    finally:
+        gate.release.set()
+        stop.set()
+        await run
+    assert gate.peak == 2
+    assert [d.status for d in await rig.deliveries(sub)] == ["delivered"] * 5
+    assert len({r.header("Ce-Id") for r in receiver.received()}) == 5
+
+
+async def test_a_delivery_that_waited_a_quarter_of_its_lease_is_handed_back(
+    rig: Rig, receivers: Receivers
+) -> None:
+    """With a 4 s lease, a delivery that waited more than 1 s for its sink is not sent but
+    handed back: it would risk its lease running out while it is sent."""
+    gate = Gate()
+    receiver = receivers(gate)
+    sub = await rig.subscribe(receiver.url)
+    for index in range(2):
+        await rig.publish(sub.group, f"e-{index}")
+    worker = rig.worker(per_sink=1, lease_s=4, poll_interval_s=0.02)
+    stop = asyncio.Event()
+    run = asyncio.create_task(worker.run(stop))
+    try:
+        await wait_until(lambda: gate.current == 1)
+        rig.clock.advance(2)
+        gate.release.set()
+        await wait_until(lambda: len(receiver.received()) == 1)
+        await asyncio.sleep(0.1)
+        assert len(receiver.received()) == 1
+        delivered, handed_back = await rig.deliveries(sub)
+        assert delivered.status == "delivered"
+        assert (handed_back.status, handed_back.attempts) == ("pending", 0)
+        assert handed_back.due_ns == rig.clock() + NS
+    finally:
+        gate.release.set()
+        stop.set()
+        await run
+
+
 async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     """Yield to the loop until `condition` holds; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

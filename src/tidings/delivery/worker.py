@@ -4,7 +4,9 @@ The worker never reads the time or sleeps on its own: it is given a clock (ns)
 and a transport, so that the retry schedule, leases and timeouts are tested
 with a fake clock and real local receivers. `run_once()` claims what is due
 and waits for all of it; `run()` keeps a pipeline of up to `concurrency`
-sends in flight and wakes as soon as `wake()` says work has arrived.
+deliveries in hand and wakes as soon as `wake()` says work has arrived. Results
+(and deliveries handed back unsent) are written in batches: when a batch is
+full, a few ms after its first item, or at once when no send is in flight.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import structlog
 
+from tidings.delivery.batcher import Batcher
 from tidings.delivery.request import slack_request, webhook_request
 from tidings.delivery.schedule import Schedule
 from tidings.delivery.transport import HttpOutcome, Transport
@@ -26,6 +30,7 @@ from tidings.model import Attempt, AttemptResult, Claim, StoredEvent, Subscripti
 from tidings.storage.base import Storage
 
 log = structlog.get_logger("tidings.worker")
+T = TypeVar("T")
 NS = 1_000_000_000
 _BUSY_NS = NS  # how long a delivery to a busy sink waits before it is claimed again
 DAY_NS = 86_400 * NS
@@ -45,6 +50,16 @@ class WorkerSettings:
     per_sink: int = 16
     poll_interval_s: float = 1.0
     disable_after_failing_s: float = 5 * 86_400.0
+    record_batch: int = 100
+    record_delay_s: float = 0.005
+
+
+@dataclass(slots=True)
+class _Sink:
+    """One host: its requests in flight, and how many deliveries wait for one to end."""
+
+    slots: asyncio.Semaphore
+    waiting: int = 0
 
 
 async def build_request(
@@ -82,8 +97,12 @@ class Worker:
         self.rng = rng or random.Random()
         self.on_attempt = on_attempt
         self._wake = asyncio.Event()
-        self._sinks: dict[str, asyncio.Semaphore] = {}
+        self._sinks: dict[str, _Sink] = {}
         self._requests: dict[tuple[int, str, str], tuple[dict[str, str], bytes]] = {}
+        self._unsent = 0  # deliveries started and not yet sent (or handed back)
+        batch, delay = self.settings.record_batch, self.settings.record_delay_s
+        self._results = Batcher(self._write_results, batch, delay)
+        self._releases = Batcher(self._write_releases, batch, delay)
         self.lost_claims = 0
 
     def wake(self) -> None:
@@ -99,14 +118,14 @@ class Worker:
         return total
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set, keeping up to `concurrency` sends in flight.
+        """Deliver until `stop` is set, keeping up to `concurrency` deliveries in hand.
 
-        A delivery holds its slot while it is sent. Recording its attempt (waiting for
-        the commit) goes on beside the next sends, for at most `concurrency` more
-        deliveries: a slow commit does not idle the sends.
+        A delivery holds its slot while it waits for its sink and while it is sent.
+        Recording its attempt (waiting for the commit) goes on beside the next sends,
+        for at most `concurrency` more deliveries: a slow commit does not idle the sends.
         """
         limit = self.settings.concurrency
-        sending: set[object] = set()  # a token per delivery being sent
+        sending: set[object] = set()  # a token per delivery waiting for its sink or being sent
         tasks: set[asyncio.Task[None]] = set()  # every delivery until its attempt is recorded
         stopping = asyncio.ensure_future(stop.wait())
         # Set by wake() and by every send that finishes (a slot is free): either way, claim.
@@ -175,13 +194,33 @@ class Worker:
             )
         return claims
 
-    def _sink_slot(self, url: str) -> asyncio.Semaphore:
+    def _sink(self, url: str) -> _Sink:
         parts = urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc}"
-        slot = self._sinks.get(key)
-        if slot is None:
-            slot = self._sinks[key] = asyncio.Semaphore(self.settings.per_sink)
-        return slot
+        sink = self._sinks.get(key)
+        if sink is None:
+            sink = self._sinks[key] = _Sink(asyncio.Semaphore(self.settings.per_sink))
+        return sink
+
+    async def _take_slot(self, sink: _Sink, bounded: bool) -> bool:
+        """Take one of the sink's slots, waiting for it if need be. With `bounded`, a delivery
+        does not wait behind `per_sink` others, and gives the slot up if it waited longer than
+        a quarter of the lease: False then, and no slot held."""
+        if not bounded or not (sink.waiting or sink.slots.locked()):
+            await sink.slots.acquire()
+            return True
+        if sink.waiting >= self.settings.per_sink:
+            return False
+        sink.waiting += 1
+        began = self.clock()
+        try:
+            await sink.slots.acquire()
+        finally:
+            sink.waiting -= 1
+        if self.clock() - began > self.settings.lease_s * NS / 4:
+            sink.slots.release()
+            return False
+        return True
 
     async def _request(self, claim: Claim, now_ns: int) -> tuple[dict[str, str], bytes]:
         """`build_request`, built once per event and token for unsigned webhooks.
@@ -210,42 +249,73 @@ class Worker:
         """Send one claimed delivery and record the attempt; `on_sent()` once it is sent.
 
         With `release_if_busy`, a delivery whose sink already has `per_sink` requests in flight
-        is handed back unsent (due again shortly) instead of waiting: holding it would keep a
-        slot of the worker and let its lease run out behind a slow sink, starving the others.
+        and `per_sink` deliveries waiting, or that waited a quarter of its lease, is handed back
+        unsent (due again shortly): holding it longer would keep a slot of the worker and let
+        its lease run out behind a slow sink, starving the others. (A delivery waits for at
+        most `per_sink` requests to end: no longer than the transport's timeout.)
         """
-        sub = claim.subscription
-        if release_if_busy and self._sink_slot(sub.sink).locked():
-            try:
-                await self.storage.release_claim(
-                    claim.delivery_id, claim.claim_token, self.clock() + _BUSY_NS
-                )
-            except Exception:
-                log.exception(
-                    "handing back a delivery failed; its lease will run out",
-                    delivery=claim.delivery_id,
-                )
-            finally:
-                if on_sent is not None:
-                    on_sent()
-            return
-        started_ns = self.clock()
+        sink = self._sink(claim.subscription.sink)
+        self._unsent += 1
+        outcome, started_ns = None, 0
+        try:
+            if await self._take_slot(sink, bounded=release_if_busy):
+                try:
+                    started_ns = self.clock()
+                    outcome = await self._send(claim, started_ns)
+                finally:
+                    sink.slots.release()
+        finally:
+            self._unsent -= 1
+            if on_sent is not None:
+                on_sent()
+        if outcome is None:
+            await self._queued(
+                self._releases, (claim.delivery_id, claim.claim_token, self.clock() + _BUSY_NS)
+            )
+        else:
+            await self._record(claim, outcome, started_ns)
+
+    async def _send(self, claim: Claim, started_ns: int) -> HttpOutcome:
         try:
             headers, body = await self._request(claim, started_ns)
-            async with self._sink_slot(sub.sink):
-                outcome = await self.transport.post(sub.sink, headers, body)
+            return await self.transport.post(claim.subscription.sink, headers, body)
         except Exception as exc:
             log.exception("preparing a delivery failed", delivery=claim.delivery_id)
-            outcome = HttpOutcome(
+            return HttpOutcome(
                 status=None,
                 latency_ms=0.0,
                 error=f"internal error: {exc}",
                 response="",
                 retry_after_s=None,
             )
-        finally:
-            if on_sent is not None:
-                on_sent()
-        await self._record(claim, outcome, started_ns)
+
+    async def _queued(self, batcher: Batcher[T, bool], item: T) -> bool:
+        """Queue `item` for its batch write; written at once when no send is in flight (no
+        more results are coming soon). Whether it was written."""
+        written = batcher.add(item)
+        if self._unsent == 0:
+            self._results.flush()
+            self._releases.flush()
+        return await written
+
+    async def _write_results(self, results: list[AttemptResult]) -> list[bool]:
+        try:
+            return await self.storage.record_attempts(results)
+        except Exception:
+            log.exception(
+                "recording attempts failed; their leases will run out and they are sent again",
+                count=len(results),
+            )
+            return [False] * len(results)
+
+    async def _write_releases(self, claims: list[tuple[int, str, int]]) -> list[bool]:
+        try:
+            return await self.storage.release_claims(claims)
+        except Exception:
+            log.exception(
+                "handing back deliveries failed; their leases will run out", count=len(claims)
+            )
+            return [False] * len(claims)
 
     async def _record(self, claim: Claim, outcome: HttpOutcome, started_ns: int) -> None:
         now = self.clock()
@@ -279,14 +349,7 @@ class Worker:
             disable_reason=disable_reason,
             disable_if_failing_since_ns=now - int(self.settings.disable_after_failing_s * NS),
         )
-        try:
-            recorded = await self.storage.record_attempt(result)
-        except Exception:
-            log.exception(
-                "recording an attempt failed; the lease will run out and it is sent again"
-            )
-            recorded = False
-        if not recorded:
+        if not await self._queued(self._results, result):
             self.lost_claims += 1
             log.warning(
                 "a claim was lost before its result was recorded", delivery=claim.delivery_id

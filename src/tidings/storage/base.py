@@ -160,12 +160,19 @@ class Storage(ABC):
         """Claim up to `limit` due deliveries under a lease of `lease_ns`, with a claim token."""
 
     @abstractmethod
-    async def release_claim(self, delivery_id: int, claim_token: str, due_ns: int) -> bool:
-        """Give a claimed delivery back unsent, due again at `due_ns`; False if the claim was lost."""
+    async def release_claims(self, claims: Sequence[tuple[int, str, int]]) -> list[bool]:
+        """Give claimed deliveries back unsent: (delivery id, claim token, due again at), in one
+        write; for each, False if its claim was lost."""
 
     @abstractmethod
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
+        """Record attempts and their consequences in one write, as if one by one in order; for
+        each, False (nothing of it recorded) if its lease was lost."""
+
     async def record_attempt(self, result: AttemptResult) -> bool:
-        """Record an attempt and its consequences; False (nothing recorded) if the lease was lost."""
+        """Record one attempt; False if the lease was lost."""
+        [recorded] = await self.record_attempts([result])
+        return recorded
 
     @abstractmethod
     async def deliveries(

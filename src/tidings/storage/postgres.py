@@ -81,7 +81,11 @@ class PostgresStorage(Storage):
 
     def __init__(self, url: str, min_size: int = 2, max_size: int = 16):
         self.url = url
-        self._pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False)
+        # Autocommit: `_run` makes its transactions itself, and `_run_pipelined` sends its own
+        # BEGIN and COMMIT along with its statements.
+        self._pool = AsyncConnectionPool(
+            url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+        )
         self._partition_days: set[int] = set()
         self._partition_lock = asyncio.Lock()
 
@@ -89,6 +93,17 @@ class PostgresStorage(Storage):
         """Run `work` in one transaction on a pooled connection."""
         async with self._pool.connection() as conn, conn.transaction():
             return await work(conn)
+
+    async def _run_pipelined(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`_run` in pipeline mode: BEGIN goes out with the first statements and COMMIT with
+        the last, so the transaction waits only where `work` reads a result, and once at the
+        end. On an error the pool's connection context rolls it back."""
+        async with self._pool.connection() as conn:
+            async with conn.pipeline():
+                await conn.execute("BEGIN")
+                result = await work(conn)
+                await conn.execute("COMMIT")
+            return result
 
     async def open(self) -> None:
         await self._pool.open(wait=True)
@@ -407,16 +422,15 @@ class PostgresStorage(Storage):
     async def claim_deliveries(self, now_ns: int, lease_ns: int, limit: int) -> list[Claim]:
         return await self._run(lambda conn: deliveries.claim(conn, now_ns, lease_ns, limit))
 
-    async def release_claim(self, delivery_id: int, claim_token: str, due_ns: int) -> bool:
-        rows = await self._rows(
-            "UPDATE deliveries SET claim_token = NULL, due_ns = %s WHERE id = %s AND claim_token = %s"
-            " AND status = 'pending' RETURNING 1",
-            (due_ns, delivery_id, claim_token),
-        )
-        return bool(rows)
+    async def release_claims(self, claims: Sequence[tuple[int, str, int]]) -> list[bool]:
+        if not claims:
+            return []
+        return await self._run_pipelined(lambda conn: deliveries.release(conn, claims))
 
-    async def record_attempt(self, result: AttemptResult) -> bool:
-        return await self._run(lambda conn: deliveries.record(conn, result))
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
+        if not results:
+            return []
+        return await self._run_pipelined(lambda conn: deliveries.record(conn, results))
 
     async def deliveries(
         self, sub_id: str, status: str | None, after: int | None, limit: int, viewer_roles: int = 15

@@ -18,10 +18,11 @@ from tidings.model import (
     Subscription,
     roles_mask,
 )
+from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_writes
 from tidings.storage.postgres_events import EVENT_COLUMNS, SQL, WAKE_CHANNEL, event_from_row
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
-    failing_reason,
+    placeholders,
     subscription_from_row,
     subscription_values,
 )
@@ -112,64 +113,76 @@ async def claim(conn: AsyncConnection[Any], now_ns: int, lease_ns: int, limit: i
     return claims
 
 
-async def record(conn: AsyncConnection[Any], result: AttemptResult) -> bool:
-    """Record an attempt if the claim still holds; False when the lease was lost."""
+# The attempts whose claims still hold: their deliveries updated and their attempts logged (a
+# retried delivery's log goes on after the attempts already logged), answering their ordinals.
+_RECORD = (
+    "WITH r AS (SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::bigint[],"
+    " %s::bigint[], %s::integer[], %s::bigint[], %s::integer[], %s::double precision[], %s::text[],"
+    " %s::text[]) WITH ORDINALITY AS r(delivery_id, claim_token, status, due_ns, now_ns, number,"
+    " started_ns, status_code, latency_ms, error, response, ord)),"
+    " held AS (UPDATE deliveries d SET status = r.status, attempts = d.attempts + 1,"
+    " due_ns = r.due_ns, claim_token = NULL, updated_ns = r.now_ns FROM r WHERE d.id = r.delivery_id"
+    " AND d.claim_token = r.claim_token AND d.status = 'pending' AND d.due_ns > r.now_ns"
+    " RETURNING r.*),"
+    " logged AS (INSERT INTO delivery_attempts (delivery_id, number, started_ns, status_code,"
+    " latency_ms, error, response) SELECT delivery_id, greatest(number, coalesce((SELECT"
+    " max(a.number) FROM delivery_attempts a WHERE a.delivery_id = held.delivery_id), 0) + 1),"
+    " started_ns, status_code, latency_ms, error, response FROM held)"
+    " SELECT ord FROM held"
+)
+
+
+async def record(conn: AsyncConnection[Any], results: Sequence[AttemptResult]) -> list[bool]:
+    """Record the attempts whose claims still hold, as if one by one in order; False for the rest.
+
+    Pipelined: the subscriptions are locked and the deliveries written in one round trip;
+    the streaks that changed, if any, go with the commit.
+    """
+    locked = await conn.execute(
+        "SELECT id, failing_since_ns FROM subscriptions WHERE id = ANY(%s) ORDER BY id"
+        " FOR NO KEY UPDATE",
+        (sorted({r.subscription_id for r in results}),),
+    )
+    held = await conn.execute(
+        _RECORD,
+        (
+            [r.delivery_id for r in results],
+            [r.claim_token for r in results],
+            [r.status for r in results],
+            [r.next_due_ns if r.next_due_ns is not None else r.now_ns for r in results],
+            [r.now_ns for r in results],
+            [r.attempt.number for r in results],
+            [r.attempt.started_ns for r in results],
+            [r.attempt.status_code for r in results],
+            [r.attempt.latency_ms for r in results],
+            [r.attempt.error for r in results],
+            [r.attempt.response for r in results],
+        ),
+    )
+    failing = {row[0]: row[1] for row in await locked.fetchall()}
+    kept = {row[0] for row in await held.fetchall()}
+    recorded = [ordinal in kept for ordinal in range(1, len(results) + 1)]
+    streaks, disables = subscription_writes(
+        (r for r, ok in zip(results, recorded, strict=True) if ok), failing
+    )
+    async with conn.cursor() as cursor:
+        if streaks:
+            await cursor.executemany(placeholders(SET_FAILING_SINCE, "%s"), streaks)
+        if disables:
+            await cursor.executemany(placeholders(DISABLE, "%s"), disables)
+    return recorded
+
+
+async def release(conn: AsyncConnection[Any], claims: Sequence[tuple[int, str, int]]) -> list[bool]:
+    """Give claimed deliveries back unsent, due again when each says; False where the claim was lost."""
     cursor = await conn.execute(
-        "UPDATE deliveries SET status = %s, attempts = attempts + 1, due_ns = %s, claim_token = NULL,"
-        " updated_ns = %s WHERE id = %s AND claim_token = %s AND status = 'pending' AND due_ns > %s"
-        " RETURNING (SELECT coalesce(max(number), 0) FROM delivery_attempts WHERE delivery_id = %s)",
-        (
-            result.status,
-            result.next_due_ns if result.next_due_ns is not None else result.now_ns,
-            result.now_ns,
-            result.delivery_id,
-            result.claim_token,
-            result.now_ns,
-            result.delivery_id,
-        ),
+        "UPDATE deliveries d SET claim_token = NULL, due_ns = c.due_ns"
+        " FROM unnest(%s::bigint[], %s::text[], %s::bigint[]) WITH ORDINALITY AS c(id, claim_token, due_ns, ord)"
+        " WHERE d.id = c.id AND d.claim_token = c.claim_token AND d.status = 'pending' RETURNING c.ord",
+        ([c[0] for c in claims], [c[1] for c in claims], [c[2] for c in claims]),
     )
-    held = await cursor.fetchone()
-    if held is None:
-        return False
-    attempt = result.attempt
-    await conn.execute(
-        "INSERT INTO delivery_attempts (delivery_id, number, started_ns, status_code, latency_ms, error, response)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
-            result.delivery_id,
-            max(attempt.number, held[0] + 1),
-            attempt.started_ns,
-            attempt.status_code,
-            attempt.latency_ms,
-            attempt.error,
-            attempt.response,
-        ),
-    )
-    if result.status == "delivered":
-        await conn.execute(
-            "UPDATE subscriptions SET failing_since_ns = NULL WHERE id = %s AND failing_since_ns IS NOT NULL",
-            (result.subscription_id,),
-        )
-        return True
-    await conn.execute(
-        "UPDATE subscriptions SET failing_since_ns = %s WHERE id = %s AND failing_since_ns IS NULL",
-        (result.now_ns, result.subscription_id),
-    )
-    reason = result.disable_reason
-    if reason is None and result.disable_if_failing_since_ns is not None:
-        cursor = await conn.execute(
-            "SELECT 1 FROM subscriptions WHERE id = %s AND failing_since_ns <= %s",
-            (result.subscription_id, result.disable_if_failing_since_ns),
-        )
-        if await cursor.fetchone():
-            reason = failing_reason(result.now_ns, result.disable_if_failing_since_ns)
-    if reason is not None:
-        await conn.execute(
-            "UPDATE subscriptions SET state = 'disabled', state_reason = %s, updated_ns = %s"
-            " WHERE id = %s AND state = 'active'",
-            (reason, result.now_ns, result.subscription_id),
-        )
-    return True
+    kept = {row[0] for row in await cursor.fetchall()}
+    return [ordinal in kept for ordinal in range(1, len(claims) + 1)]
 
 
 async def _with_attempts(

@@ -226,12 +226,6 @@ def signing_key_values(key: SigningKey) -> tuple[Any, ...]:
     )
 
 
-def failing_reason(now_ns: int, failing_since_limit_ns: int) -> str:
-    """Why a subscription is disabled after its deliveries kept failing."""
-    days = (now_ns - failing_since_limit_ns) / 86_400e9
-    return f"every delivery has failed for {days:g} days"
-
-
 def placeholders(sql: str, p: str) -> str:
     """A shared statement with the backend's placeholder."""
     return sql.replace("{p}", p)

@@ -19,11 +19,12 @@ from tidings.model import (
     Subscription,
     roles_mask,
 )
+from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_writes
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
     delivers_to,
-    failing_reason,
     groups_above,
+    placeholders,
     subscription_from_row,
     subscription_values,
 )
@@ -158,65 +159,79 @@ def claim(conn: sqlite3.Connection, now_ns: int, lease_ns: int, limit: int) -> l
     return claims
 
 
-def record(conn: sqlite3.Connection, result: AttemptResult) -> bool:
-    """Record an attempt if the claim still holds; False when the lease was lost."""
-    held = conn.execute(
-        "UPDATE deliveries SET status = ?, attempts = attempts + 1, due_ns = ?, claim_token = NULL,"
-        " updated_ns = ? WHERE id = ? AND claim_token = ? AND status = 'pending' AND due_ns > ?",
-        (
-            result.status,
-            result.next_due_ns if result.next_due_ns is not None else result.now_ns,
-            result.now_ns,
-            result.delivery_id,
-            result.claim_token,
-            result.now_ns,
-        ),
-    ).rowcount
-    if not held:
-        return False
-    attempt = result.attempt
-    # A retried delivery starts its schedule afresh (attempts = 0), but its log goes on:
-    # the logged number follows the attempts already recorded.
-    conn.execute(
-        "INSERT INTO delivery_attempts (delivery_id, number, started_ns, status_code, latency_ms,"
-        " error, response) VALUES (?, max(?, (SELECT coalesce(max(number), 0) + 1"
-        " FROM delivery_attempts WHERE delivery_id = ?)), ?, ?, ?, ?, ?)",
-        (
-            result.delivery_id,
-            attempt.number,
-            result.delivery_id,
-            attempt.started_ns,
-            attempt.status_code,
-            attempt.latency_ms,
-            attempt.error,
-            attempt.response,
-        ),
-    )
-    if result.status == "delivered":
+_HOLD = (
+    "UPDATE deliveries SET status = ?, attempts = attempts + 1, due_ns = ?, claim_token = NULL,"
+    " updated_ns = ? WHERE id = ? AND claim_token = ? AND status = 'pending' AND due_ns > ?"
+)
+# A retried delivery starts its schedule afresh (attempts = 0), but its log goes on:
+# the logged number follows the attempts already recorded.
+_LOG = (
+    "INSERT INTO delivery_attempts (delivery_id, number, started_ns, status_code, latency_ms,"
+    " error, response) VALUES (?, max(?, (SELECT coalesce(max(number), 0) + 1"
+    " FROM delivery_attempts WHERE delivery_id = ?)), ?, ?, ?, ?, ?)"
+)
+
+
+def record(conn: sqlite3.Connection, results: Sequence[AttemptResult]) -> list[bool]:
+    """Record the attempts whose claims still hold, as if one by one in order; False for the rest."""
+    held = [
         conn.execute(
-            "UPDATE subscriptions SET failing_since_ns = NULL WHERE id = ? AND failing_since_ns IS NOT NULL",
-            (result.subscription_id,),
-        )
-        return True
-    conn.execute(
-        "UPDATE subscriptions SET failing_since_ns = ? WHERE id = ? AND failing_since_ns IS NULL",
-        (result.now_ns, result.subscription_id),
+            _HOLD,
+            (
+                result.status,
+                result.next_due_ns if result.next_due_ns is not None else result.now_ns,
+                result.now_ns,
+                result.delivery_id,
+                result.claim_token,
+                result.now_ns,
+            ),
+        ).rowcount
+        > 0
+        for result in results
+    ]
+    recorded = [result for result, ok in zip(results, held, strict=True) if ok]
+    conn.executemany(
+        _LOG,
+        [
+            (
+                r.delivery_id,
+                r.attempt.number,
+                r.delivery_id,
+                r.attempt.started_ns,
+                r.attempt.status_code,
+                r.attempt.latency_ms,
+                r.attempt.error,
+                r.attempt.response,
+            )
+            for r in recorded
+        ],
     )
-    reason = result.disable_reason
-    if reason is None and result.disable_if_failing_since_ns is not None:
-        failing = conn.execute(
-            "SELECT 1 FROM subscriptions WHERE id = ? AND failing_since_ns <= ?",
-            (result.subscription_id, result.disable_if_failing_since_ns),
-        ).fetchone()
-        if failing:
-            reason = failing_reason(result.now_ns, result.disable_if_failing_since_ns)
-    if reason is not None:
-        conn.execute(
-            "UPDATE subscriptions SET state = 'disabled', state_reason = ?, updated_ns = ?"
-            " WHERE id = ? AND state = 'active'",
-            (reason, result.now_ns, result.subscription_id),
+    sub_ids = sorted({r.subscription_id for r in recorded})
+    if sub_ids:
+        failing = dict(
+            conn.execute(
+                "SELECT id, failing_since_ns FROM subscriptions"
+                f" WHERE id IN ({','.join('?' * len(sub_ids))})",
+                sub_ids,
+            ).fetchall()
         )
-    return True
+        streaks, disables = subscription_writes(recorded, failing)
+        conn.executemany(placeholders(SET_FAILING_SINCE, "?"), streaks)
+        conn.executemany(placeholders(DISABLE, "?"), disables)
+    return held
+
+
+def release(conn: sqlite3.Connection, claims: Sequence[tuple[int, str, int]]) -> list[bool]:
+    """Give claimed deliveries back unsent, due again when each says; False where the claim was lost."""
+    return [
+        conn.execute(
+            "UPDATE deliveries SET claim_token = NULL, due_ns = ? WHERE id = ? AND claim_token = ?"
+            " AND status = 'pending'",
+            (due_ns, delivery_id, claim_token),
+        ).rowcount
+        > 0
+        for delivery_id, claim_token, due_ns in claims
+    ]
 
 
 def list_deliveries(
@@ -366,24 +381,17 @@ class SQLiteDeliveries:
 
     async def claim_deliveries(self, now_ns: int, lease_ns: int, limit: int) -> list[Claim]:
         """Claim due deliveries under a lease."""
-        return await self._engine.write(lambda conn: claim(conn, now_ns, lease_ns, limit))
-
-    async def release_claim(self, delivery_id: int, claim_token: str, due_ns: int) -> bool:
-        """Give a claimed delivery back unsent."""
         return await self._engine.write(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE deliveries SET claim_token = NULL, due_ns = ? WHERE id = ? AND claim_token = ?"
-                    " AND status = 'pending'",
-                    (due_ns, delivery_id, claim_token),
-                ).rowcount
-                > 0
-            )
+            lambda conn: claim(conn, now_ns, lease_ns, limit), size=limit
         )
 
-    async def record_attempt(self, result: AttemptResult) -> bool:
-        """Record an attempt; False if the claim was lost."""
-        return await self._engine.write(lambda conn: record(conn, result))
+    async def release_claims(self, claims: Sequence[tuple[int, str, int]]) -> list[bool]:
+        """Give claimed deliveries back unsent, in one write job."""
+        return await self._engine.write(lambda conn: release(conn, claims), size=len(claims))
+
+    async def record_attempts(self, results: Sequence[AttemptResult]) -> list[bool]:
+        """Record attempts in one write job; False for those whose claim was lost."""
+        return await self._engine.write(lambda conn: record(conn, results), size=len(results))
 
     async def deliveries(
         self, sub_id: str, status: str | None, after: int | None, limit: int, viewer_roles: int = 15
@@ -403,7 +411,7 @@ class SQLiteDeliveries:
 
     async def replay(self, sub: Subscription, since_ns: int, now_ns: int) -> int:
         """Queue the subscription's matching events stored since `since_ns`."""
-        return await self._engine.write(lambda conn: replay(conn, sub, since_ns, now_ns))
+        return await self._engine.write(lambda conn: replay(conn, sub, since_ns, now_ns), long=True)
 
     async def delivery_backlog(self, now_ns: int) -> tuple[int, int, int | None]:
         """(due, in flight, oldest due time)."""
