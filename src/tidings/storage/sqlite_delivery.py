@@ -42,26 +42,29 @@ class FanOut:
 
     def __init__(self, conn: sqlite3.Connection):
         self._conn = conn
-        self._by_group: dict[str, list[Subscription]] = {}
+        self._of_group: dict[str, list[Subscription]] = {}
 
-    def _active_above(self, group: str) -> list[Subscription]:
-        found = self._by_group.get(group)
-        if found is None:
-            scopes = groups.ancestors(group)
+    def _active_of(self, wanted: set[str]) -> list[Subscription]:
+        """The active subscriptions of the `wanted` groups (themselves, not below them)."""
+        missing = [group for group in wanted if group not in self._of_group]
+        if missing:
+            for group in missing:
+                self._of_group[group] = []
             rows = self._conn.execute(
                 f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
-                f" WHERE state = 'active' AND group_path IN ({','.join('?' * len(scopes))})",
-                scopes,
+                f" WHERE state = 'active' AND group_path IN ({','.join('?' * len(missing))})",
+                missing,
             ).fetchall()
-            found = self._by_group[group] = [subscription_from_row(row) for row in rows]
-        return found
+            for row in rows:
+                sub = subscription_from_row(row)
+                self._of_group[sub.group].append(sub)
+        return [sub for group in wanted for sub in self._of_group[group]]
 
     def enqueue(self, position: int, event: EventInput, now_ns: int) -> int:
         """Queue the event for every matching subscription that may see it; return how many."""
-        candidates = {
-            sub.id: sub for group in groups_above(event) for sub in self._active_above(group)
-        }
-        targets = [sub.id for sub in candidates.values() if delivers_to(sub, event)]
+        targets = [
+            sub.id for sub in self._active_of(groups_above(event)) if delivers_to(sub, event)
+        ]
         if targets:
             self._conn.executemany(
                 "INSERT INTO deliveries (subscription_id, event_position, status, due_ns, created_ns,"
