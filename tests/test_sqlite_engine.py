@@ -145,3 +145,21 @@ async def test_stop_finishes_the_writes_asked_for(engine: SQLiteEngine) -> None:
     conn = sqlite3.connect(engine.path)
     assert conn.execute("SELECT count(*) FROM rows").fetchone()[0] == 20
     conn.close()
+
+
+async def test_writes_go_on_after_a_drain_is_cancelled(engine: SQLiteEngine) -> None:
+    """If the task committing the writes is cancelled (its loop going away), the next write
+    starts committing again, the pending ones with it, instead of everyone waiting for ever."""
+    try:
+        first = asyncio.ensure_future(engine.write(_insert("lost")))
+        await asyncio.sleep(0)  # the write has asked, and its drain is scheduled
+        drainer = engine._drainer
+        assert drainer is not None
+        drainer.cancel()
+        await asyncio.sleep(0)
+        assert drainer.cancelled()
+        assert await asyncio.wait_for(engine.write(_insert("later")), 5) == "later"
+        assert await asyncio.wait_for(first, 5) == "lost"  # still pending, taken by the next
+        assert _names(engine) == ["later", "lost"]
+    finally:
+        await engine.stop()

@@ -189,27 +189,13 @@ class SQLiteEngine:
                 self._drained.clear()
         if start:
             self._drainer = loop.create_task(self._drain())
+            self._drainer.add_done_callback(self._drain_ended)
         return await future
 
     async def _drain(self) -> None:
         """Commit groups of the pending writes until none is left."""
         loop = asyncio.get_running_loop()
-        while True:
-            with self._lock:
-                if not self._pending:
-                    self._draining = False
-                    self._drained.set()
-                    return
-                if self._pending[0].long:
-                    jobs = [self._pending.pop(0)]
-                else:
-                    count, rows = 0, 0
-                    for job in self._pending:
-                        if job.long or (count and rows + job.size > GROUP_SIZE):
-                            break
-                        count, rows = count + 1, rows + job.size
-                    jobs = self._pending[:count]
-                    del self._pending[:count]
+        while jobs := self._take_group():
             if jobs[0].long:
                 ok, value = await loop.run_in_executor(self._committer, self._run_alone, jobs[0])
                 jobs[0].settle(ok, value)
@@ -217,6 +203,34 @@ class SQLiteEngine:
                 for job, (ok, value) in zip(jobs, await self._commit_group(jobs), strict=True):
                     job.settle(ok, value)
             self._written.set()
+
+    def _drain_ended(self, drainer: asyncio.Task[None]) -> None:
+        """A drain that did not finish (cancelled with its loop, say) lets the next write
+        start another, which takes the writes still pending."""
+        if drainer.cancelled() or drainer.exception() is not None:
+            with self._lock:
+                self._stop_draining()
+
+    def _take_group(self) -> list[_Job]:
+        """The next group of pending writes (a long one alone); none when no write is left."""
+        with self._lock:
+            if not self._pending:
+                self._stop_draining()
+                return []
+            if self._pending[0].long:
+                return [self._pending.pop(0)]
+            count, rows = 0, 0
+            for job in self._pending:
+                if job.long or (count and rows + job.size > GROUP_SIZE):
+                    break
+                count, rows = count + 1, rows + job.size
+            jobs = self._pending[:count]
+            del self._pending[:count]
+            return jobs
+
+    def _stop_draining(self) -> None:
+        self._draining = False
+        self._drained.set()
 
     async def _commit_group(self, jobs: list[_Job]) -> list[tuple[bool, Any]]:
         """Run the jobs in one transaction on this thread and commit it on the commit thread;
