@@ -44,7 +44,6 @@ from tidings.storage.postgres_events import (
     PostgresEventSQL,
     begin_ingest,
     event_from_row,
-    find_sql,
     ingest,
     unpack,
     with_horizon,
@@ -220,7 +219,7 @@ class PostgresStorage(Storage):
     async def find_events(
         self, scope: str, event_id: str, source: str | None, limit: int, viewer_roles: int = 15
     ) -> list[StoredEvent]:
-        sql, params = find_sql(scope, event_id, source, viewer_roles, limit)
+        sql, params = PostgresEventSQL().find_sql(scope, event_id, source, viewer_roles, limit)
         return sorted(
             (event_from_row(row) for row in await self._rows(sql, params)), key=lambda e: e.position
         )

@@ -22,6 +22,7 @@ from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_wr
 from tidings.storage.postgres_events import EVENT_COLUMNS, SQL, WAKE_CHANNEL, event_from_row
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
+    deliveries_page_sql,
     placeholders,
     subscription_from_row,
     subscription_values,
@@ -233,19 +234,15 @@ async def list_deliveries(
     viewer_roles: int,
 ) -> list[Delivery]:
     """A subscription's deliveries of events the viewer may see, newest first."""
-    sql = (
-        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.subscription_id = %s"
-        " AND (e.roles_mask = 0 OR (e.roles_mask & %s) != 0)"
+    sql, params = deliveries_page_sql(
+        "%s",
+        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM}",
+        sub_id,
+        status,
+        after,
+        limit,
+        viewer_roles,
     )
-    params: list[Any] = [sub_id, viewer_roles]
-    if status is not None:
-        sql += " AND d.status = %s"
-        params.append(status)
-    if after is not None:
-        sql += " AND d.id < %s"
-        params.append(after)
-    sql += " ORDER BY d.id DESC LIMIT %s"
-    params.append(limit)
     cursor = await conn.execute(sql, params)
     return await _with_attempts(conn, await cursor.fetchall())
 

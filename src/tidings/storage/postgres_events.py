@@ -69,14 +69,18 @@ def event_from_row(row: Sequence[Any]) -> StoredEvent:
 
 
 class PostgresEventSQL(querying.EventSQL):
-    """The query dialect; `horizon` is the ingest horizon read just before the query (see `horizon`)."""
+    """PostgreSQL's dialect: `%s` placeholders, (tx, seq) positions, the ingest horizon, tsvector.
+
+    `horizon` is the ingest horizon read just before a list (see `with_horizon`); finding by id
+    needs none.
+    """
+
+    p = "%s"
+    # No ORDER BY: with one, the planner walks the tenant's whole ingest order to find an id.
+    find_order = ""
 
     def __init__(self, horizon: int | None = None):
         self.horizon = horizon
-
-    """PostgreSQL's dialect: `%s` placeholders, (tx, seq) positions, the snapshot horizon, tsvector."""
-
-    p = "%s"
 
     def position_columns(self, alias: str) -> list[str]:
         return [f"{alias}.tx", f"{alias}.seq"]
@@ -106,6 +110,9 @@ class PostgresEventSQL(querying.EventSQL):
 
     def scope_join(self) -> str:
         return "e.seq = s.seq AND e.stored_ns = s.stored_ns"
+
+    def in_scope(self) -> str:
+        return "EXISTS (SELECT 1 FROM event_scopes s WHERE s.scope = %s AND s.seq = e.seq)"
 
     def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
         """A page of events, as the shared SQL, but a subtree's scope rows fetch their events one
@@ -157,27 +164,6 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
     row = await cursor.fetchone()
     assert row is not None
     return PostgresEventSQL(int(row[0]))
-
-
-def find_sql(
-    scope: str, event_id: str, source: str | None, viewer_roles: int, limit: int
-) -> tuple[str, list[Any]]:
-    """The SQL of the visible events with a CloudEvents id (and source)."""
-    tenant = groups.root_of(scope)
-    sql = f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.tenant = %s AND e.id = %s"
-    params: list[Any] = [tenant, event_id]
-    if scope != tenant:
-        sql += " AND EXISTS (SELECT 1 FROM event_scopes s WHERE s.scope = %s AND s.seq = e.seq)"
-        params.append(scope)
-    sql += " AND (e.roles_mask = 0 OR (e.roles_mask & %s) != 0)"
-    params.append(viewer_roles)
-    if source is not None:
-        sql += " AND e.source = %s"
-        params.append(source)
-    # No ORDER BY: with one, the planner walks the tenant's whole ingest order to find an id.
-    sql += " LIMIT %s"
-    params.append(limit)
-    return sql, params
 
 
 async def _active_subscriptions(conn: AsyncConnection[Any], scopes: set[str]) -> list[Subscription]:

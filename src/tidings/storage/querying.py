@@ -89,6 +89,39 @@ class EventSQL:
         """How a scope row joins its event."""
         raise NotImplementedError
 
+    def in_scope(self) -> str:
+        """A condition that the event `e` is seen from the group given as one parameter."""
+        raise NotImplementedError
+
+    # How the events found by id are ordered in SQL (empty: by the caller).
+    find_order = ""
+
+    def viewer_may_see(self) -> str:
+        """The condition that the viewer, its roles given as one parameter, may see `e`."""
+        return f" AND (e.roles_mask = 0 OR (e.roles_mask & {self.p}) != 0)"
+
+    def find_sql(
+        self, scope: str, event_id: str, source: str | None, viewer_roles: int, limit: int
+    ) -> tuple[str, list[Any]]:
+        """The SQL of the events visible from `scope` with a CloudEvents id (and source):
+        the position columns, then EVENT_COLUMNS."""
+        p = self.p
+        tenant = groups.root_of(scope)
+        columns = ", ".join(self.position_columns("e"))
+        sql = f"SELECT {columns}, {EVENT_COLUMNS} FROM events e WHERE e.tenant = {p} AND e.id = {p}"
+        params: list[Any] = [tenant, event_id]
+        if scope != tenant:
+            sql += f" AND {self.in_scope()}"
+            params.append(scope)
+        sql += self.viewer_may_see()
+        params.append(viewer_roles)
+        if source is not None:
+            sql += f" AND e.source = {p}"
+            params.append(source)
+        sql += f"{self.find_order} LIMIT {p}"
+        params.append(limit)
+        return sql, params
+
     def scope_filters(self, query: EventQuery) -> tuple[str, list[Any]]:
         """Extra terms on the scope rows `s` of a subtree query (empty: none)."""
         return "", []
@@ -96,7 +129,7 @@ class EventSQL:
     def filters(self, query: EventQuery, order_columns: list[str]) -> tuple[str, list[Any]]:
         """The WHERE terms of a query's filters, after the scope's."""
         p = self.p
-        sql = f" AND (e.roles_mask = 0 OR (e.roles_mask & {p}) != 0)"
+        sql = self.viewer_may_see()
         params: list[Any] = [query.viewer_roles]
         if query.scope != groups.root_of(query.scope):
             scope_sql, scope_params = self.scope_filters(query)

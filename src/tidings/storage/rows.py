@@ -229,3 +229,31 @@ def signing_key_values(key: SigningKey) -> tuple[Any, ...]:
 def placeholders(sql: str, p: str) -> str:
     """A shared statement with the backend's placeholder."""
     return sql.replace("{p}", p)
+
+
+def deliveries_page_sql(
+    p: str,
+    select: str,
+    sub_id: str,
+    status: str | None,
+    after: int | None,
+    limit: int,
+    viewer_roles: int,
+) -> tuple[str, list[Any]]:
+    """A page of a subscription's deliveries (`select`: the columns and FROM, with `d` the
+    delivery and `e` its event) of events a reader with `viewer_roles` sees, newest first;
+    `p` is the backend's placeholder."""
+    sql = (
+        f"{select} WHERE d.subscription_id = {p}"
+        f" AND (e.roles_mask = 0 OR (e.roles_mask & {p}) != 0)"
+    )
+    params: list[Any] = [sub_id, viewer_roles]
+    if status is not None:
+        sql += f" AND d.status = {p}"
+        params.append(status)
+    if after is not None:
+        sql += f" AND d.id < {p}"
+        params.append(after)
+    sql += f" ORDER BY d.id DESC LIMIT {p}"
+    params.append(limit)
+    return sql, params

@@ -38,7 +38,7 @@ from tidings.storage.sqlite_delivery import (
     insert_subscription,
 )
 from tidings.storage.sqlite_engine import GROUP_SIZE, SQLiteEngine, connect
-from tidings.storage.sqlite_events import SQL, event_from_row, expire_batch, find_sql, ingest
+from tidings.storage.sqlite_events import SQL, event_from_row, expire_batch, ingest
 from tidings.storage.sqlite_search import SearchIndexer
 
 
@@ -177,7 +177,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     async def find_events(
         self, scope: str, event_id: str, source: str | None, limit: int, viewer_roles: int = 15
     ) -> list[StoredEvent]:
-        sql, params = find_sql(scope, event_id, source, viewer_roles, limit)
+        sql, params = SQL.find_sql(scope, event_id, source, viewer_roles, limit)
         rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
         return [event_from_row(row) for row in rows]
 

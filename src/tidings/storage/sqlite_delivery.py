@@ -22,6 +22,7 @@ from tidings.model import (
 from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_writes
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
+    deliveries_page_sql,
     delivers_to,
     groups_above,
     placeholders,
@@ -246,19 +247,15 @@ def list_deliveries(
     viewer_roles: int = 15,
 ) -> list[Delivery]:
     """A subscription's deliveries of events a reader with `viewer_roles` sees, newest first."""
-    sql = (
-        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM} WHERE d.subscription_id = ?"
-        " AND (e.roles_mask = 0 OR (e.roles_mask & ?) != 0)"
+    sql, params = deliveries_page_sql(
+        "?",
+        f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERY_FROM}",
+        sub_id,
+        status,
+        after,
+        limit,
+        viewer_roles,
     )
-    params: list[Any] = [sub_id, viewer_roles]
-    if status is not None:
-        sql += " AND d.status = ?"
-        params.append(status)
-    if after is not None:
-        sql += " AND d.id < ?"
-        params.append(after)
-    sql += " ORDER BY d.id DESC LIMIT ?"
-    params.append(limit)
     rows = conn.execute(sql, params).fetchall()
     return [_with_attempts(conn, row) for row in rows]
 

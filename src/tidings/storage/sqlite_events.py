@@ -60,6 +60,11 @@ class SQLiteEventSQL(querying.EventSQL):
     def scope_join(self) -> str:
         return "e.position = s.position"
 
+    def in_scope(self) -> str:
+        return "e.position IN (SELECT position FROM event_scopes WHERE scope = ?)"
+
+    find_order = " ORDER BY e.position"
+
     def scope_filters(self, query: EventQuery) -> tuple[str, list[Any]]:
         # Scope rows carry the event's type: exact types are one range of (scope, type, position).
         if query.types and not query.type_prefixes:
@@ -146,26 +151,6 @@ def _existing(
             details=[{"index": index, "source": event.source, "id": event_id}],
         )
     return event_from_row(row)
-
-
-def find_sql(
-    scope: str, event_id: str, source: str | None, viewer_roles: int, limit: int
-) -> tuple[str, list[Any]]:
-    """The SQL of the visible events with a CloudEvents id (and source)."""
-    tenant = groups.root_of(scope)
-    sql = f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.tenant = ? AND e.id = ?"
-    params: list[Any] = [tenant, event_id]
-    if scope != tenant:
-        sql += " AND e.position IN (SELECT position FROM event_scopes WHERE scope = ?)"
-        params.append(scope)
-    sql += " AND (e.roles_mask = 0 OR (e.roles_mask & ?) != 0)"
-    params.append(viewer_roles)
-    if source is not None:
-        sql += " AND e.source = ?"
-        params.append(source)
-    sql += " ORDER BY e.position LIMIT ?"
-    params.append(limit)
-    return sql, params
 
 
 def expire_batch(conn: sqlite3.Connection, before_ns: int, limit: int) -> int:
