@@ -176,14 +176,19 @@ class KeySet:
                     return key
                 if not self._may_fetch(now):  # fetched while we waited
                     return self._settle(kid)
-                self._attempted_at, self._in_flight = now, True
-            try:
-                self._refresh(now)
-            finally:
-                with self._state:
-                    self._in_flight = False
+            self._refresh_in_flight(now)
             with self._state:
                 return self._settle(kid)
+
+    def _refresh_in_flight(self, now: float) -> None:
+        """Refresh, marked as in flight while it runs; the caller holds `_fetching`."""
+        with self._state:
+            self._attempted_at, self._in_flight = now, True
+        try:
+            self._refresh(now)
+        finally:
+            with self._state:
+                self._in_flight = False
 
     async def aget(self, kid: str) -> PublicKey:
         """`get`, with any fetch run in a worker thread so that the event loop never blocks."""
@@ -197,12 +202,7 @@ class KeySet:
         with self._fetching:
             with self._state:
                 now = self._clock()
-                self._attempted_at, self._in_flight = now, True
-            try:
-                self._refresh(now)
-            finally:
-                with self._state:
-                    self._in_flight = False
+            self._refresh_in_flight(now)
             with self._state:
                 if self._last_error is not None:
                     raise self._unavailable()

@@ -22,6 +22,7 @@ from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_wr
 from tidings.storage.postgres_events import EVENT_COLUMNS, SQL, WAKE_CHANNEL, event_from_row
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
+    claims_of,
     deliveries_page_sql,
     placeholders,
     subscription_from_row,
@@ -91,21 +92,12 @@ async def claim(conn: AsyncConnection[Any], now_ns: int, lease_ns: int, limit: i
     events: dict[int, StoredEvent] = {}
     for row in await cursor.fetchall():
         events[row[1]] = event_from_row(row)
-    claims, orphans = [], []
-    for delivery_id, sub_id, seq, _, attempts in rows:
-        sub, event = subs.get(sub_id), events.get(seq)
-        if sub is None or event is None or sub.state != "active":
-            orphans.append(delivery_id)
-            continue
-        claims.append(
-            Claim(
-                delivery_id=delivery_id,
-                claim_token=token,
-                attempts=attempts,
-                subscription=sub,
-                event=event,
-            )
-        )
+    claims, orphans = claims_of(
+        [(delivery_id, sub_id, seq, attempts) for delivery_id, sub_id, seq, _, attempts in rows],
+        token,
+        subs,
+        events,
+    )
     if orphans:
         await conn.execute(
             "UPDATE deliveries SET status = 'failed', claim_token = NULL, updated_ns = %s WHERE id = ANY(%s)",

@@ -9,7 +9,16 @@ import orjson
 
 from tidings import groups
 from tidings.catalog import EventType
-from tidings.model import EventInput, SigningKey, Subscription, Token, Webhook, roles_mask
+from tidings.model import (
+    Claim,
+    EventInput,
+    SigningKey,
+    StoredEvent,
+    Subscription,
+    Token,
+    Webhook,
+    roles_mask,
+)
 
 SUBSCRIPTION_COLUMNS = (
     "id, group_path, kind, sink, types, subject_prefix, description, state, state_reason,"
@@ -257,3 +266,30 @@ def deliveries_page_sql(
     sql += f" ORDER BY d.id DESC LIMIT {p}"
     params.append(limit)
     return sql, params
+
+
+def claims_of(
+    claimed: Sequence[tuple[int, str, Any, int]],
+    token: str,
+    subs: dict[str, Subscription],
+    events: dict[Any, StoredEvent],
+) -> tuple[list[Claim], list[int]]:
+    """The claims of claimed deliveries `(id, subscription id, event key, attempts)`, and the
+    ids of those to fail at once: their subscription or event is gone, or it is not active."""
+    claims: list[Claim] = []
+    orphans: list[int] = []
+    for delivery_id, sub_id, event_key, attempts in claimed:
+        sub, event = subs.get(sub_id), events.get(event_key)
+        if sub is None or event is None or sub.state != "active":
+            orphans.append(delivery_id)
+            continue
+        claims.append(
+            Claim(
+                delivery_id=delivery_id,
+                claim_token=token,
+                attempts=attempts,
+                subscription=sub,
+                event=event,
+            )
+        )
+    return claims, orphans

@@ -22,6 +22,7 @@ from tidings.model import (
 from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_writes
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
+    claims_of,
     deliveries_page_sql,
     delivers_to,
     groups_above,
@@ -139,26 +140,11 @@ def claim(conn: sqlite3.Connection, now_ns: int, lease_ns: int, limit: int) -> l
             positions,
         )
     }
-    claims: list[Claim] = []
-    orphans: list[tuple[int, int]] = []
-    for delivery_id, sub_id, position, attempts in rows:
-        sub, event = subs.get(sub_id), events.get(position)
-        if sub is None or event is None or sub.state != "active":
-            orphans.append((now_ns, delivery_id))
-            continue
-        claims.append(
-            Claim(
-                delivery_id=delivery_id,
-                claim_token=token,
-                attempts=attempts,
-                subscription=sub,
-                event=event,
-            )
-        )
+    claims, orphans = claims_of(rows, token, subs, events)
     if orphans:
         conn.executemany(
             "UPDATE deliveries SET status = 'failed', claim_token = NULL, updated_ns = ? WHERE id = ?",
-            orphans,
+            [(now_ns, delivery_id) for delivery_id in orphans],
         )
     return claims
 
