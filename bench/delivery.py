@@ -66,6 +66,7 @@ import uvloop
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import report
 from tidings.catalog import chainguard_examples
 from tidings.delivery.request import webhook_request
 from tidings.model import StoredEvent
@@ -905,20 +906,7 @@ def print_table(rows: list[Row]) -> None:
         )
         for row in rows
     ]
-    widths = [max(len(line[i]) for line in [headers, *cells]) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(value.ljust(width) for value, width in zip(values, widths, strict=True))
-
-    print()
-    print(line(headers))
-    print(line(["-" * width for width in widths]))
-    for cell in cells:
-        print(line(cell))
-    print()
-    for row in rows:
-        for note in row.notes:
-            print(f"  {row.figure.split(' ', 1)[0]} {note}")
+    report.print_table(headers, cells, [(row.figure, row.notes) for row in rows])
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

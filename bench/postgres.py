@@ -74,6 +74,7 @@ from psycopg import AsyncConnection, sql
 from starlette.requests import Request
 from starlette.responses import Response
 
+import report
 from delivery import (
     PER_SINK,
     SINKS,
@@ -1340,20 +1341,7 @@ def print_table(rows: list[Row]) -> None:
     cells = [
         (row.figure, row.value, row.baseline, row.ratio, row.target, result(row)) for row in rows
     ]
-    widths = [max(len(line[i]) for line in [headers, *cells]) for i in range(len(headers))]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(value.ljust(width) for value, width in zip(values, widths, strict=True))
-
-    print()
-    print(line(headers))
-    print(line(["-" * width for width in widths]))
-    for cell in cells:
-        print(line(cell))
-    print()
-    for row in rows:
-        for note in row.notes:
-            print(f"  {row.figure.split(' ', 1)[0]} {note}")
+    report.print_table(headers, cells, [(row.figure, row.notes) for row in rows])
 
 
 FIGURES = ("single", "batch", "list", "delivery", "expire")
