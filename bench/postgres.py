@@ -49,7 +49,6 @@ import os
 import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -94,7 +93,6 @@ from ingest import (
     BATCH_TARGET,
     EVENTS_PATH,
     INGEST_TARGET,
-    LIST_P99_TARGET_MS,
     NOOP_PATH,
     PAGE_SIZE,
     Access,
@@ -108,7 +106,7 @@ from ingest import (
     _free_port,
     _session,
     _single_event_loads,
-    percentile,
+    latency_rows,
 )
 from tidings import groups, wire
 from tidings.api.access import new_token
@@ -1011,26 +1009,7 @@ def figure_list(args: argparse.Namespace, database: ListDatabase, logs: Path) ->
         explain(database, queries, args.seed)
     how = "filled" if database.made else "reused"
     size = database_bytes(database.url)
-    rows = []
-    for letter, query in zip("abcd", queries, strict=True):
-        samples = latencies[query.name]
-        p50, p99 = percentile(samples, 0.50), percentile(samples, 0.99)
-        rows.append(
-            Row(
-                f"3{letter}. GET {EVENTS_PATH} @{plan.count / 1e6:g}M, {query.name}",
-                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
-                "-",
-                "-",
-                f"p99 < {LIST_P99_TARGET_MS:.0f} ms",
-                p99 < LIST_P99_TARGET_MS and not failed[query.name],
-                [
-                    f"{len(samples)} requests, max {max(samples):.1f} ms,"
-                    f" mean {statistics.fmean(samples):.1f} ms"
-                ],
-            )
-        )
-        if failed[query.name]:
-            rows[-1].notes.append(f"failed requests by status: {dict(failed[query.name])}")
+    rows = latency_rows(queries, latencies, failed, f" @{plan.count / 1e6:g}M")
     rows[0].notes.append(
         f"{plan.count:,} events over {plan.days} daily partitions ({how} in {database.seconds:.0f} s:"
         f" database {database.name}, {size / 2**30:.1f} GiB), {len(types)} types,"
