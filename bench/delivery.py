@@ -543,14 +543,25 @@ def run_baseline(
     database: Path, prefix: str, receivers: Receivers, use_uvloop: bool, timeout: float
 ) -> tuple[Receipts, float, float, int, dict[int, int]]:
     """The baseline in its own process: (receipts, client seconds, client CPU s, 2xx, errors)."""
+    return run_baseline_process(
+        _baseline_main, (str(database), prefix, PER_SINK, use_uvloop), prefix, receivers, timeout
+    )
+
+
+def run_baseline_process(
+    main: Callable[..., None],
+    main_args: tuple[Any, ...],
+    prefix: str,
+    receivers: Receivers,
+    timeout: float,
+) -> tuple[Receipts, float, float, int, dict[int, int]]:
+    """`main(*main_args, conn)` in its own process, a baseline: it sends how many requests it
+    will post, posts them on "go", and sends (seconds, 2xx, errors); what the receivers got."""
     receivers.reset()
     context = multiprocessing.get_context("spawn")
     conn, child = context.Pipe()
     process = context.Process(
-        target=_baseline_main,
-        args=(str(database), prefix, PER_SINK, use_uvloop, child),
-        name="bench-baseline",
-        daemon=True,
+        target=main, args=(*main_args, child), name="bench-baseline", daemon=True
     )
     process.start()
     try:

@@ -85,6 +85,7 @@ from delivery import (
     bench_token,
     cpu_seconds,
     ingest_batches,
+    run_baseline_process,
     subscribe,
 )
 from delivery import EventMaker as DeliveryEventMaker
@@ -1065,34 +1066,7 @@ def run_baseline(
     url: str, prefix: str, receivers: Receivers, timeout: float
 ) -> tuple[Receipts, float, float, int, dict[int, int]]:
     """aiohttp posting the same requests with no database, in its own process (bench/delivery.py's)."""
-    receivers.reset()
-    context = multiprocessing.get_context("spawn")
-    conn, child = context.Pipe()
-    process = context.Process(
-        target=_baseline_main,
-        args=(url, prefix, PER_SINK, child),
-        name="bench-baseline",
-        daemon=True,
-    )
-    process.start()
-    try:
-        if not conn.poll(120):
-            raise RuntimeError("the baseline did not get ready")
-        total: int = conn.recv()
-        assert process.pid is not None
-        cpu_before = cpu_seconds(process.pid)
-        conn.send("go")
-        if not conn.poll(timeout):
-            raise RuntimeError("the baseline did not finish in time")
-        cpu = cpu_seconds(process.pid) - cpu_before
-        seconds, ok, errors = conn.recv()
-        receivers.wait_for(prefix, total, 10)
-        return Receipts.of(receivers.dump(), prefix), seconds, cpu, ok, errors
-    finally:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
-            process.join()
+    return run_baseline_process(_baseline_main, (url, prefix, PER_SINK), prefix, receivers, timeout)
 
 
 def delivery_statuses(url: str, prefix: str) -> dict[str, int]:
