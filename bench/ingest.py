@@ -58,6 +58,7 @@ from tidings import groups, wire
 from tidings.api.access import new_token
 from tidings.catalog import builtin_types
 from tidings.model import EventInput, Group
+from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
 from tidings.storage.sqlite import SQLiteStorage, apply_migrations
 from tidings.timestamps import from_ns
@@ -292,7 +293,12 @@ class Access:
 
 async def _prepare(database: Path, tree: Tree, record_groups: bool) -> Access:
     """Migrate `database`, record the tree's groups if asked, and mint fresh tokens."""
-    storage = SQLiteStorage(str(database), "FULL")
+    return await prepare_access(SQLiteStorage(str(database), "FULL"), tree, record_groups)
+
+
+async def prepare_access(storage: Storage, tree: Tree, record_groups: bool) -> Access:
+    """Open (and so migrate) `storage`, record the tree's groups if asked, and mint a producer
+    and a viewer token."""
     await storage.open()
     try:
         now = time.time_ns()

@@ -108,13 +108,13 @@ from ingest import (
     _session,
     _single_event_loads,
     latency_rows,
+    prepare_access,
 )
 from tidings import groups, wire
-from tidings.api.access import new_token
 from tidings.api.app import CURSOR_KEY
 from tidings.cursors import CursorCodec
 from tidings.delivery.request import webhook_request
-from tidings.model import EventInput, EventQuery, Group, StoredEvent
+from tidings.model import EventInput, EventQuery, StoredEvent
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.postgres import PostgresStorage
 from tidings.storage.postgres_events import PostgresEventSQL, pack
@@ -718,21 +718,7 @@ def postgres_cpu_seconds() -> float:
 
 async def _prepare(url: str, tree: Tree, record_groups: bool) -> Access:
     """Migrate, record the tree's groups if asked, and mint a producer and a viewer token."""
-    storage = PostgresStorage(url, min_size=1, max_size=2)
-    await storage.open()
-    try:
-        now = time.time_ns()
-        if record_groups:
-            for path in (tree.root, *tree.children, *tree.grandchildren):
-                await storage.create_group(Group(path=path, name=None, created_ns=now))
-        secrets = {}
-        for role in ("producer", "viewer"):
-            token, secret = new_token(tree.root, [role], f"bench-{role}", None, None, now)
-            await storage.create_token(token)
-            secrets[role] = secret
-        return Access(secrets["producer"], secrets["viewer"])
-    finally:
-        await storage.close()
+    return await prepare_access(PostgresStorage(url, min_size=1, max_size=2), tree, record_groups)
 
 
 async def _cursor_key(url: str) -> bytes:
