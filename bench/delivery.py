@@ -222,24 +222,28 @@ def _free_port() -> int:
         return port
 
 
-def tidings_env(database: Path) -> dict[str, str]:
+def tidings_env(database: Path | str, **settings: str) -> dict[str, str]:
+    """The environment of a `tidings` process on `database` (a file, or a database URL), with
+    private sinks allowed and these other settings; none of this process's TIDINGS_*."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
+    url = f"sqlite:///{database}" if isinstance(database, Path) else database
     env.update(
-        TIDINGS_DATABASE_URL=f"sqlite:///{database}",
+        TIDINGS_DATABASE_URL=url,
         TIDINGS_ALLOW_PRIVATE_SINKS="true",
         NO_COLOR="1",
+        **settings,
     )
     return env
 
 
-def cli(database: Path, *args: str) -> str:
-    """Run a `tidings` command on `database`; its stdout."""
+def cli(database: Path | str, *args: str, **settings: str) -> str:
+    """Run a `tidings` command on `database` (as `tidings_env` has it); its stdout."""
     done = subprocess.run(
         [TIDINGS, *args],
-        env=tidings_env(database),
+        env=tidings_env(database, **settings),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     if done.returncode != 0:

@@ -77,16 +77,19 @@ import report
 from delivery import (
     PER_SINK,
     SINKS,
+    TIDINGS,
     Process,
     Receipts,
     Receivers,
     Tenant,
     _baseline_post,
     bench_token,
+    cli,
     cpu_seconds,
     ingest_batches,
     run_baseline_process,
     subscribe,
+    tidings_env,
 )
 from delivery import EventMaker as DeliveryEventMaker
 from ingest import (
@@ -121,7 +124,6 @@ from tidings.storage.postgres_events import PostgresEventSQL, pack
 from tidings.storage.postgres_partitions import DAY_NS, day_of, ensure_partitions, partition_name
 from tidings.timestamps import from_ns
 
-TIDINGS = str(Path(sys.executable).parent / "tidings")
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Bump when the generated rows change, so that kept list databases are filled again.
 FILL_VERSION = 2
@@ -643,39 +645,13 @@ def running_app(url: str) -> Iterator[Server]:
             process.join()
 
 
-def tidings_env(url: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("TIDINGS_")}
-    env.update(
-        TIDINGS_DATABASE_URL=url,
-        TIDINGS_ALLOW_PRIVATE_SINKS="true",
-        TIDINGS_RETENTION_DAYS=RETENTION_DAYS,
-        NO_COLOR="1",
-    )
-    return env
-
-
-def cli(url: str, *args: str) -> str:
-    """Run a `tidings` command on the database at `url`; its stdout."""
-    done = subprocess.run(
-        [TIDINGS, *args],
-        env=tidings_env(url),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"tidings {' '.join(args)} failed: {done.stderr[-2000:]}")
-    return done.stdout.strip()
-
-
 def spawn(url: str, logs: Path, *args: str) -> Process:
     """A `tidings` process on the database at `url`, logging to a file in `logs`."""
     log = logs / f"{args[0]}-{time.monotonic_ns()}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(
             [TIDINGS, *args],
-            env=tidings_env(url),
+            env=tidings_env(url, TIDINGS_RETENTION_DAYS=RETENTION_DAYS),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
