@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from tidings.api import create_app
 from tidings.api.access import new_token
 from tidings.config import Settings
 from tidings.storage.base import Storage
+from tidings.storage.migrations import migration_files
+from tidings.storage.sqlite import split_statements
 
 TEST_TYPE = "dev.example.widget.created.v1"
 
@@ -103,3 +106,17 @@ def event(group: str, **overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return body
+
+
+def migrated_before(path: str, migration: str) -> sqlite3.Connection:
+    """A new SQLite file migrated as an earlier version left it: every migration before the
+    one whose name starts with `migration`. Answers an autocommit connection to it."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_ns INTEGER)")
+    for name, sql in migration_files("sqlite"):
+        if name.startswith(migration):
+            break
+        for statement in split_statements(sql):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time_ns()))
+    return conn

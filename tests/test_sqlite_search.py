@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from pathlib import Path
 
-from tests.conftest import event
+from tests.conftest import event, migrated_before
 from tidings import groups, wire
 from tidings.model import EventQuery
-from tidings.storage.migrations import migration_files
-from tidings.storage.sqlite import SQLiteStorage, apply_migrations, split_statements
+from tidings.storage.sqlite import SQLiteStorage, apply_migrations
 
 NOW = 1_780_000_000 * 10**9
 
@@ -64,14 +62,7 @@ async def test_an_upgraded_database_is_not_indexed_twice(tmp_path: Path) -> None
     """A database whose events were indexed with them (before the indexer) keeps one index row
     an event: the migration starts the indexer after the last event stored."""
     path = tmp_path / "upgraded.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("CREATE TABLE schema_migrations (name TEXT PRIMARY KEY, applied_ns INTEGER)")
-    for name, sql in migration_files("sqlite"):
-        if name.startswith("0007"):
-            break
-        for statement in split_statements(sql):
-            conn.execute(statement)
-        conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time_ns()))
+    conn = migrated_before(str(path), "0007")
     for position in (1, 2):  # as the previous version stored events: the text with them
         conn.execute(
             "INSERT INTO events (position, tenant, group_path, id, source, type, time_ns, stored_ns,"
@@ -81,7 +72,7 @@ async def test_an_upgraded_database_is_not_indexed_twice(tmp_path: Path) -> None
         )
         conn.execute("INSERT INTO events_text (rowid, text) VALUES (?, 'dev x v1')", (position,))
     conn.close()
-    assert apply_migrations(str(path)) == ["0007_search_backlog.sql"]
+    assert apply_migrations(str(path))[:1] == ["0007_search_backlog.sql"]
     assert indexed(path) == (2, 2)
     storage = SQLiteStorage(str(path))
     await storage.open()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from tidings import groups
@@ -15,8 +15,13 @@ WORD = re.compile(r"\w+")
 
 def visible_scopes(event: EventInput) -> list[str]:
     """The groups below the root that see the event: its own ancestors and the allowed groups'."""
-    scopes = set(groups.ancestors(event.group)[1:])
-    for allowed in event.allowed_groups:
+    return scopes_of(event.group, event.allowed_groups)
+
+
+def scopes_of(group: str, allowed_groups: Iterable[str]) -> list[str]:
+    """The groups below the root that see an event of `group` shared with `allowed_groups`."""
+    scopes = set(groups.ancestors(group)[1:])
+    for allowed in allowed_groups:
         scopes.update(groups.ancestors(allowed)[1:])
     return sorted(scopes)
 

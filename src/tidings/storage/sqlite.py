@@ -6,8 +6,8 @@ import asyncio
 import secrets
 import sqlite3
 import time
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 from tidings import groups
 from tidings.errors import Conflict
@@ -21,6 +21,7 @@ from tidings.model import (
     Subscription,
     Token,
 )
+from tidings.storage import sqlite_scopes, sqlite_search
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
 from tidings.storage.rows import (
@@ -39,7 +40,9 @@ from tidings.storage.sqlite_delivery import (
 )
 from tidings.storage.sqlite_engine import GROUP_SIZE, SQLiteEngine, connect
 from tidings.storage.sqlite_events import SQL, event_from_row, expire_batch, ingest
-from tidings.storage.sqlite_search import SearchIndexer
+from tidings.storage.sqlite_indexer import BehindIndexer
+
+T = TypeVar("T")
 
 
 def split_statements(script: str) -> list[str]:
@@ -94,7 +97,12 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
     def __init__(self, path: str, synchronous: str = "FULL"):
         self.path = path
         self._engine = SQLiteEngine(path, synchronous)
-        self._search = SearchIndexer(self._engine.write)
+        self._scopes = BehindIndexer(
+            self._engine.write, sqlite_scopes.index_batch, sqlite_scopes.MARK, sqlite_scopes.BATCH
+        )
+        self._search = BehindIndexer(
+            self._engine.write, sqlite_search.index_batch, sqlite_search.MARK, sqlite_search.BATCH
+        )
         self._open = False
 
     async def open(self) -> None:
@@ -105,6 +113,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
 
     async def close(self) -> None:
         if self._open:
+            self._scopes.stop()
             self._search.stop()
             await self._engine.stop()
             self._open = False
@@ -139,32 +148,55 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
             long=len(events) > GROUP_SIZE,
             size=len(events),
         )
+        self._scopes.ingested()
         self._search.ingested()
         return ingested
 
-    async def _searchable(self, query: EventQuery) -> None:
-        """Before a full-text search, index every event stored so far."""
-        if query.text is not None:
-            await self._search.catch_up()
+    async def _read_indexed(
+        self, fn: Callable[[sqlite3.Connection], T], scope: str, text: bool = False
+    ) -> T:
+        """Run the read `fn` once the indexes written behind that it needs (the scope rows
+        below a root, the full-text index for a search) hold every event stored so far."""
+        needed = [self._scopes] if scope != groups.root_of(scope) else []
+        if text:
+            needed.append(self._search)
+        if not needed:
+            return await self._engine.read(fn)
+
+        def checked(conn: sqlite3.Connection) -> tuple[T] | None:
+            behind = any(not indexer.current(conn) for indexer in needed)
+            return None if behind else (fn(conn),)
+
+        done = await self._engine.read(checked)
+        if done is not None:
+            return done[0]
+        for indexer in needed:
+            await indexer.catch_up()
+        return await self._engine.read(fn)
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
-        await self._searchable(query)
         sql, params = SQL.list_sql(query)
-        rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
+        rows = await self._read_indexed(
+            lambda conn: conn.execute(sql, params).fetchall(), query.scope, query.text is not None
+        )
         return [event_from_row(row) for row in rows]
 
     async def count_events(self, query: EventQuery) -> int:
-        await self._searchable(query)
         sql, params = SQL.count_sql(query)
-        row = await self._engine.read(lambda conn: conn.execute(sql, params).fetchone())
+        row = await self._read_indexed(
+            lambda conn: conn.execute(sql, params).fetchone(), query.scope, query.text is not None
+        )
         return int(row[0])
 
     async def event_stats(
         self, query: EventQuery, group_by: Sequence[str], interval: str | None
     ) -> list[tuple[Any, ...]]:
-        await self._searchable(query)
         sql, params = SQL.stats_sql(query, group_by, interval)
-        return await self._engine.read(lambda conn: [tuple(r) for r in conn.execute(sql, params)])
+        return await self._read_indexed(
+            lambda conn: [tuple(r) for r in conn.execute(sql, params)],
+            query.scope,
+            query.text is not None,
+        )
 
     async def event_payload(self, position: int) -> str | None:
         row = await self._engine.read(
@@ -178,7 +210,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         self, scope: str, event_id: str, source: str | None, limit: int, viewer_roles: int = 15
     ) -> list[StoredEvent]:
         sql, params = SQL.find_sql(scope, event_id, source, viewer_roles, limit)
-        rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
+        rows = await self._read_indexed(lambda conn: conn.execute(sql, params).fetchall(), scope)
         return [event_from_row(row) for row in rows]
 
     async def create_group(self, group: Group) -> None:

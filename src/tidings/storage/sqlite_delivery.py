@@ -19,6 +19,7 @@ from tidings.model import (
     Subscription,
     roles_mask,
 )
+from tidings.storage import sqlite_scopes as scopes
 from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_writes
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
@@ -308,6 +309,7 @@ def replay(conn: sqlite3.Connection, sub: Subscription, since_ns: int, now_ns: i
             (tenant, since_ns),
         )
     else:
+        scopes.index_all(conn)
         rows = conn.execute(
             "SELECT e.position, e.type, e.subject, e.roles_mask FROM event_scopes s"
             " JOIN events e ON e.position = s.position"

@@ -2,8 +2,9 @@
 
 Who sees an event: a token of group G sees the events of G's subtree and
 those that name a group of G's subtree in `allowedgroups`. Both are rows of
-`event_scopes` (one per group below the root that sees the event), so any
-subtree is one ordered index range; the root sees its whole tenant. An event
+`event_scopes` (one per group below the root that sees the event, written
+behind the events by sqlite_scopes), so any subtree is one ordered index
+range; the root sees its whole tenant. An event
 with `allowedroles` is seen only by tokens holding one of them (`roles_mask`).
 """
 
@@ -19,7 +20,6 @@ from tidings import groups
 from tidings.errors import Conflict
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent
 from tidings.storage import querying
-from tidings.storage.indexing import visible_scopes
 from tidings.storage.sqlite_delivery import FanOut
 from tidings.timestamps import from_ns
 from tidings.wire import render_attributes
@@ -76,7 +76,9 @@ SQL = SQLiteEventSQL()
 
 
 def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
-    """Store events and queue their deliveries in the caller's transaction (the outbox)."""
+    """Store events and queue their deliveries in the caller's transaction (the outbox).
+
+    Their scope rows and text are indexed behind (sqlite_scopes, sqlite_search)."""
     results: list[Ingested] = []
     fan_out = FanOut(conn)
     for index, event in enumerate(events):
@@ -115,10 +117,6 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
             continue
         position = inserted.lastrowid
         assert position is not None  # the rowid (position) of the row just inserted
-        conn.executemany(
-            "INSERT INTO event_scopes (scope, position, type) VALUES (?, ?, ?)",
-            [(scope, position, event.type) for scope in visible_scopes(event)],
-        )
         if event.raw is not None:
             conn.execute(
                 "INSERT INTO event_payloads (position, payload) VALUES (?, ?)",

@@ -1,0 +1,152 @@
+"""The SQLite scope rows, written behind the events by the scope indexer."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import event, migrated_before
+from tidings import groups, wire
+from tidings.model import EventQuery, Subscription
+from tidings.storage.sqlite import SQLiteStorage, apply_migrations
+
+NOW = 1_780_000_000 * 10**9
+
+
+def scope_rows(path: Path) -> tuple[list[tuple[str, int]], int]:
+    """(the scope rows, the indexer's mark), read from the file."""
+    with sqlite3.connect(path) as conn:
+        rows = [
+            (str(scope), int(position))
+            for scope, position in conn.execute(
+                "SELECT scope, position FROM event_scopes ORDER BY position, scope"
+            )
+        ]
+        (mark,) = conn.execute(
+            "SELECT CAST(value AS INTEGER) FROM settings WHERE name = 'scopes:indexed'"
+        ).fetchone()
+    return rows, int(mark)
+
+
+@pytest.fixture
+async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    store = SQLiteStorage(str(tmp_path / "scopes.db"))
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def test_a_subtree_read_finds_an_event_stored_just_before(
+    storage: SQLiteStorage, tmp_path: Path
+) -> None:
+    """Read your writes below the root: a list, a count, stats and a lookup by id, each right
+    after an ingest and before the indexer's own run, see the event."""
+    root = groups.new_root()
+    team = groups.new_child(root)
+    project = groups.new_child(team)
+    for n in range(3):
+        [stored] = await storage.ingest([wire.parse_event(event(project, id=f"e{n}"))], NOW + n)
+        assert (
+            scope_rows(tmp_path / "scopes.db")[1] < stored.event.position
+        )  # not indexed yet: the read must catch up
+        listed = await storage.list_events(EventQuery(scope=team))
+        assert [e.id for e in listed] == [f"e{i}" for i in range(n + 1)]
+        assert await storage.count_events(EventQuery(scope=project)) == n + 1
+        stats = await storage.event_stats(EventQuery(scope=team), ["type"], None)
+        assert [row[-1] for row in stats] == [n + 1]
+        found = await storage.find_events(project, f"e{n}", None, limit=2)
+        assert [e.position for e in found] == [stored.event.position]
+
+
+async def test_scope_rows_follow_ingest_without_a_read(
+    storage: SQLiteStorage, tmp_path: Path
+) -> None:
+    """Ingested events get their scope rows soon after, in the background; the mark moves on."""
+    root = groups.new_root()
+    team = groups.new_child(root)
+    project = groups.new_child(team)
+    stored = await storage.ingest(
+        [wire.parse_event(event(g, id=f"e-{g}")) for g in (root, team, project)], NOW
+    )
+    positions = [result.event.position for result in stored]
+    expected = sorted(
+        [(team, positions[1]), (team, positions[2]), (project, positions[2])],
+        key=lambda row: (row[1], row[0]),
+    )
+    for _ in range(100):
+        if scope_rows(tmp_path / "scopes.db")[1] == positions[-1]:
+            break
+        await asyncio.sleep(0.05)
+    assert scope_rows(tmp_path / "scopes.db") == (expected, positions[-1])
+
+
+async def test_an_event_is_seen_from_the_groups_it_is_shared_with(
+    storage: SQLiteStorage,
+) -> None:
+    """allowedgroups: the shared group and the groups above it (below the root) see the event,
+    and no other group does."""
+    root = groups.new_root()
+    team, other, third = (groups.new_child(root) for _ in range(3))
+    shared = groups.new_child(other)
+    body = event(team, id="shared", allowedgroups=shared)
+    await storage.ingest([wire.parse_event(body), wire.parse_event(event(third))], NOW)
+    for scope, seen in ((team, True), (other, True), (shared, True), (third, False)):
+        ids = [e.id for e in await storage.list_events(EventQuery(scope=scope))]
+        assert ("shared" in ids) is seen, scope
+
+
+async def test_a_replay_below_the_root_queues_events_not_yet_indexed(
+    storage: SQLiteStorage, tmp_path: Path
+) -> None:
+    """A replay of a subtree's subscription made right after an ingest queues the new event."""
+    root = groups.new_root()
+    team = groups.new_child(root)
+    sub = Subscription(
+        id=f"{team}/replayed",
+        group=team,
+        kind="webhook",
+        sink="https://replayed.example/hook",
+        types=(),
+        roles=("owner",),
+        created_ns=NOW,
+        updated_ns=NOW,
+    )
+    [stored] = await storage.ingest([wire.parse_event(event(team, id="late"))], NOW + 1)
+    await storage.create_subscription(sub, [], NOW + 2)
+    assert scope_rows(tmp_path / "scopes.db")[1] < stored.event.position
+    assert await storage.replay(sub, NOW, NOW + 3) == 1
+
+
+async def test_an_upgraded_database_keeps_its_scope_rows_once(tmp_path: Path) -> None:
+    """A database whose scope rows were written with the events (before the indexer) is not
+    indexed again: the migration starts the indexer after the last event stored."""
+    path = tmp_path / "upgraded.db"
+    conn = migrated_before(str(path), "0008")
+    root = groups.new_root()
+    team = groups.new_child(root)
+    for position in (1, 2):  # as the previous version stored events: the scope rows with them
+        conn.execute(
+            "INSERT INTO events (position, tenant, group_path, id, source, type, time_ns, stored_ns,"
+            " fingerprint, attributes, data) VALUES (?, ?, ?, ?, 's', 'dev.x.v1', 0, 0, '',"
+            " '{}', '{\"body\": {}}')",
+            (position, root, team, f"old-{position}"),
+        )
+        conn.execute(
+            "INSERT INTO event_scopes (scope, position, type) VALUES (?, ?, 'dev.x.v1')",
+            (team, position),
+        )
+    conn.close()
+    assert apply_migrations(str(path))[:1] == ["0008_scopes_behind.sql"]
+    assert scope_rows(path) == ([(team, 1), (team, 2)], 2)
+    storage = SQLiteStorage(str(path))
+    await storage.open()
+    try:
+        await storage.ingest([wire.parse_event(event(team, id="new"))], NOW)
+        listed = await storage.list_events(EventQuery(scope=team))
+        assert [e.id for e in listed] == ["old-1", "old-2", "new"]
+    finally:
+        await storage.close()
