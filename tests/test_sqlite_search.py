@@ -9,7 +9,9 @@ from pathlib import Path
 from tests.conftest import event, migrated_before
 from tidings import groups, wire
 from tidings.model import EventQuery
+from tidings.storage.indexing import WORD, searchable_text
 from tidings.storage.sqlite import SQLiteStorage, apply_migrations
+from tidings.storage.sqlite_search import TEXT
 
 NOW = 1_780_000_000 * 10**9
 
@@ -81,3 +83,34 @@ async def test_an_upgraded_database_is_not_indexed_twice(tmp_path: Path) -> None
         assert indexed(path) == (2, 2)
     finally:
         await storage.close()
+
+
+async def test_the_indexed_text_holds_the_words_every_backend_searches(tmp_path: Path) -> None:
+    """SQLite's indexed text (built in SQL) has the words of indexing.searchable_text, the
+    text PostgreSQL indexes: type, subject, actor, description and the body's values."""
+    root = groups.new_root()
+    bodies: list[dict[str, object]] = [
+        {"name": "w1"},
+        {"nested": {"list": [1, 2.5, "x_y z", True, None, {"deep": "Ünïcode wörds"}]}},
+        {},
+        {"count": -7, "ratio": 0.125, "flag": False, "empty": ""},
+    ]
+    events = []
+    for n, body in enumerate(bodies):
+        sent = event(root, id=f"t{n}", data={"actor": {"subject": f"actor-{n}"}, "body": body})
+        if n % 2:
+            sent["description"] = f"A description, number {n}"
+        if n == 2:
+            del sent["subject"]
+        events.append(wire.parse_event(sent))
+    path = tmp_path / "text.db"
+    storage = SQLiteStorage(str(path))
+    await storage.open()
+    try:
+        await storage.ingest(events, NOW)
+    finally:
+        await storage.close()
+    with sqlite3.connect(path) as conn:
+        texts = [row[0] for row in conn.execute(f"SELECT {TEXT} FROM events e ORDER BY position")]
+    for text, stored in zip(texts, events, strict=True):
+        assert sorted(WORD.findall(text)) == sorted(searchable_text(stored).split())

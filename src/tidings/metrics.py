@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -57,8 +58,9 @@ class Metrics:
 
     def ingested(self, types: Iterable[str]) -> None:
         """Count newly stored events."""
-        for event_type in types:
-            self.events_ingested.labels(event_type if event_type in self._known else OTHER).inc()
+        counts = collections.Counter(t if t in self._known else OTHER for t in types)
+        for label, count in counts.items():
+            self.events_ingested.labels(label).inc(count)
 
     def attempted(
         self, status_code: int | None, latency_ms: float, number: int, status: str

@@ -104,7 +104,7 @@ ROLES = ("viewer", "producer", "editor", "owner")
 
 def roles_mask(roles: Iterable[str]) -> int:
     """Roles as a bit mask (viewer 1, producer 2, editor 4, owner 8), for visibility checks in SQL."""
-    return sum(1 << ROLES.index(role) for role in set(roles))
+    return sum(1 << ROLES.index(role) for role in set(roles)) if roles else 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,6 +8,7 @@ of fractional digits it was given with; rendering gives back the same precision.
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from dataclasses import dataclass
@@ -32,13 +33,19 @@ class Timestamp:
 
     def render(self) -> str:
         """RFC 3339 in UTC, with as many fractional digits as given."""
-        seconds, nanos = divmod(self.ns, NS)
-        utc = time.gmtime(seconds)
-        # %Y does not pad years below 1000 on every platform; RFC 3339 needs four digits.
-        text = f"{utc.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%S", utc)
-        if self.digits:
-            text += "." + f"{nanos:09d}"[: self.digits]
-        return text + "Z"
+        return _render(self.ns, self.digits)
+
+
+# The events of a batch share their stored time (and their time, when they give none).
+@functools.lru_cache(maxsize=256)
+def _render(ns: int, digits: int) -> str:
+    seconds, nanos = divmod(ns, NS)
+    utc = time.gmtime(seconds)
+    # %Y does not pad years below 1000 on every platform; RFC 3339 needs four digits.
+    text = f"{utc.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%S", utc)
+    if digits:
+        text += "." + f"{nanos:09d}"[:digits]
+    return text + "Z"
 
 
 def parse(text: object, what: str = "time") -> Timestamp:

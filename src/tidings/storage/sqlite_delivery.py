@@ -46,6 +46,20 @@ class FanOut:
     def __init__(self, conn: sqlite3.Connection):
         self._conn = conn
         self._of_group: dict[str, list[Subscription]] = {}
+        self._subscribing: dict[str, bool] = {}
+
+    def _any_active(self, tenant: str) -> bool:
+        """Whether the tenant has an active subscription at all (most events of a tenant
+        without any then cost one query a transaction, not one each)."""
+        if tenant not in self._subscribing:
+            self._subscribing[tenant] = (
+                self._conn.execute(
+                    "SELECT 1 FROM subscriptions WHERE tenant = ? AND state = 'active' LIMIT 1",
+                    (tenant,),
+                ).fetchone()
+                is not None
+            )
+        return self._subscribing[tenant]
 
     def _active_of(self, wanted: set[str]) -> list[Subscription]:
         """The active subscriptions of the `wanted` groups (themselves, not below them)."""
@@ -65,6 +79,8 @@ class FanOut:
 
     def enqueue(self, position: int, event: EventInput, now_ns: int) -> int:
         """Queue the event for every matching subscription that may see it; return how many."""
+        if not self._any_active(groups.root_of(event.group)):
+            return 0
         targets = [
             sub.id for sub in self._active_of(groups_above(event)) if delivers_to(sub, event)
         ]

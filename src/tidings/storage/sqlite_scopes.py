@@ -30,11 +30,14 @@ def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
     ).fetchall()
     if not rows:
         return 0
-    scope_rows = sorted(
-        (scope, position, type_)
-        for position, group, type_, allowed in rows
-        for scope in scopes_of(group, allowed.split(",") if allowed else ())
-    )
+    seen_from: dict[tuple[str, str | None], list[str]] = {}  # a batch's events share groups
+    scope_rows: list[tuple[str, int, str]] = []
+    for position, group, type_, allowed in rows:
+        key = (group, allowed)
+        if key not in seen_from:
+            seen_from[key] = scopes_of(group, allowed.split(",") if allowed else ())
+        scope_rows.extend((scope, position, type_) for scope in seen_from[key])
+    scope_rows.sort()
     conn.executemany(
         "INSERT INTO event_scopes (scope, position, type) VALUES (?, ?, ?)", scope_rows
     )
