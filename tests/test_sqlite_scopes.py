@@ -150,3 +150,18 @@ async def test_an_upgraded_database_keeps_its_scope_rows_once(tmp_path: Path) ->
         assert [e.id for e in listed] == ["old-1", "old-2", "new"]
     finally:
         await storage.close()
+
+
+async def test_an_event_sixteen_groups_deep_has_a_scope_row_for_each_group_below_the_root(
+    storage: SQLiteStorage, tmp_path: Path
+) -> None:
+    """Each group above the event's, up to the root's child, sees it; the root needs no row."""
+    chain = [groups.new_root()]
+    while len(chain) < groups.MAX_DEPTH:
+        chain.append(groups.new_child(chain[-1]))
+    [stored] = await storage.ingest([wire.parse_event(event(chain[-1]))], NOW)
+    for group in chain:
+        listed = await storage.list_events(EventQuery(scope=group))
+        assert [e.position for e in listed] == [stored.event.position]
+    rows, _ = scope_rows(tmp_path / "scopes.db")
+    assert rows == sorted((group, stored.event.position) for group in chain[1:])

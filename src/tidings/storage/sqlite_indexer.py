@@ -35,6 +35,17 @@ def mark_of(conn: sqlite3.Connection, mark: str) -> int:
     return int(row[0])
 
 
+def next_range(conn: sqlite3.Connection, mark: int, limit: int) -> tuple[int, int]:
+    """How many of the (up to `limit`) events after position `mark` there are, and the last
+    one's position: a batch's range."""
+    count, last = conn.execute(
+        "SELECT count(*), max(position) FROM"
+        " (SELECT position FROM events WHERE position > ? ORDER BY position LIMIT ?)",
+        (mark, limit),
+    ).fetchone()
+    return int(count), int(last or 0)
+
+
 def move_mark(conn: sqlite3.Connection, mark: str, position: int) -> None:
     conn.execute("UPDATE settings SET value = ? WHERE name = ?", (str(position), mark))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from tidings.storage.sqlite_indexer import mark_of, move_mark
+from tidings.storage.sqlite_indexer import mark_of, move_mark, next_range
 
 BATCH = 2_000
 MARK = "search:indexed"
@@ -29,11 +29,7 @@ TEXT = (
 def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
     """Index the text of up to `limit` events after the mark; return how many were indexed."""
     mark = mark_of(conn, MARK)
-    count, last = conn.execute(
-        "SELECT count(*), max(position) FROM"
-        " (SELECT position FROM events WHERE position > ? ORDER BY position LIMIT ?)",
-        (mark, limit),
-    ).fetchone()
+    count, last = next_range(conn, mark, limit)
     if not count:
         return 0
     conn.execute(
@@ -42,4 +38,4 @@ def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
         (mark, last),
     )
     move_mark(conn, MARK, last)
-    return int(count)
+    return count
