@@ -165,3 +165,28 @@ async def test_an_event_sixteen_groups_deep_has_a_scope_row_for_each_group_below
         assert [e.position for e in listed] == [stored.event.position]
     rows, _ = scope_rows(tmp_path / "scopes.db")
     assert rows == sorted((group, stored.event.position) for group in chain[1:])
+
+
+async def test_events_left_unindexed_by_a_closed_storage_are_indexed_after_the_next_open(
+    tmp_path: Path,
+) -> None:
+    """A storage closed before its indexer ran leaves a backlog; the next one to open indexes
+    it in the background, without waiting for a read or an ingest."""
+    path = tmp_path / "backlog.db"
+    root = groups.new_root()
+    team = groups.new_child(root)
+    first = SQLiteStorage(str(path))
+    await first.open()
+    [stored] = await first.ingest([wire.parse_event(event(team))], NOW)
+    await first.close()
+    assert scope_rows(path) == ([], 0)
+    second = SQLiteStorage(str(path))
+    await second.open()
+    try:
+        for _ in range(100):
+            if scope_rows(path)[1] == stored.event.position:
+                break
+            await asyncio.sleep(0.05)
+        assert scope_rows(path) == ([(team, stored.event.position)], stored.event.position)
+    finally:
+        await second.close()

@@ -110,6 +110,9 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
             await self.migrate()
             self._engine.start()
             self._open = True
+            # Events a previous process stored and did not index yet are indexed soon too.
+            self._scopes.ingested()
+            self._search.ingested()
 
     async def close(self) -> None:
         if self._open:
