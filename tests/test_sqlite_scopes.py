@@ -23,7 +23,8 @@ def scope_rows(path: Path) -> tuple[list[tuple[str, int]], int]:
         rows = [
             (str(scope), int(position))
             for scope, position in conn.execute(
-                "SELECT scope, position FROM event_scopes ORDER BY position, scope"
+                "SELECT g.text, s.position FROM event_scopes s JOIN interned g ON g.id = s.scope"
+                " ORDER BY s.position, g.text"
             )
         ]
         (mark,) = conn.execute(

@@ -80,10 +80,15 @@ class EventSQL:
                 self.position_columns("e"),
             )
         return (
-            f"FROM event_scopes s JOIN events e ON {self.scope_join()} WHERE s.scope = {p}{self.visible_now('s')}",
+            f"FROM event_scopes s JOIN events e ON {self.scope_join()}"
+            f" WHERE {self.scope_is('s')}{self.visible_now('s')}",
             [scope],
             self.position_columns("s"),
         )
+
+    def scope_is(self, alias: str) -> str:
+        """The condition that the scope rows `alias` are those of the group given as one parameter."""
+        return f"{alias}.scope = {self.p}"
 
     def scope_join(self) -> str:
         """How a scope row joins its event."""

@@ -329,7 +329,7 @@ def replay(conn: sqlite3.Connection, sub: Subscription, since_ns: int, now_ns: i
         rows = conn.execute(
             "SELECT e.position, e.type, e.subject, e.roles_mask FROM event_scopes s"
             " JOIN events e ON e.position = s.position"
-            " WHERE s.scope = ? AND e.stored_ns >= ? ORDER BY s.position",
+            f" WHERE s.scope = {scopes.INTERNED} AND e.stored_ns >= ? ORDER BY s.position",
             (sub.group, since_ns),
         )
     mask = roles_mask(sub.roles)  # the subscription sees what the token that made it saw

@@ -21,6 +21,7 @@ from tidings.errors import Conflict
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent
 from tidings.storage import querying
 from tidings.storage.sqlite_delivery import FanOut
+from tidings.storage.sqlite_scopes import INTERNED
 from tidings.timestamps import from_ns
 from tidings.wire import render_attributes
 
@@ -57,18 +58,25 @@ class SQLiteEventSQL(querying.EventSQL):
     def text_query(self, words: list[str]) -> str:
         return " ".join('"' + word.replace('"', '""') + '"*' for word in words)
 
+    # Scope rows hold interned numbers for their group and type (see sqlite_scopes).
+    def scope_is(self, alias: str) -> str:
+        return f"{alias}.scope = {INTERNED}"
+
     def scope_join(self) -> str:
         return "e.position = s.position"
 
     def in_scope(self) -> str:
-        return "e.position IN (SELECT position FROM event_scopes WHERE scope = ?)"
+        return f"e.position IN (SELECT position FROM event_scopes s WHERE {self.scope_is('s')})"
 
     find_order = " ORDER BY e.position"
 
     def scope_filters(self, query: EventQuery) -> tuple[str, list[Any]]:
         # Scope rows carry the event's type: exact types are one range of (scope, type, position).
         if query.types and not query.type_prefixes:
-            return f" AND s.type IN ({', '.join('?' * len(query.types))})", list(query.types)
+            types = ", ".join("?" * len(query.types))
+            return f" AND s.type IN (SELECT id FROM interned WHERE text IN ({types}))", list(
+                query.types
+            )
         return "", []
 
 
