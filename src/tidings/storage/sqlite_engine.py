@@ -198,7 +198,7 @@ class SQLiteEngine:
         while True:
             # One turn of the loop first lets the requests it has already read reach the
             # queue: without it the first write after a commit made a group of its own, and
-            # paid a commit's every page alone (a fifth of the groups held one write).
+            # paid a commit's every page alone (a quarter of the groups held one write).
             await asyncio.sleep(0)
             jobs = self._take_group()
             if not jobs:
