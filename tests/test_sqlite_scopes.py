@@ -33,6 +33,14 @@ def scope_rows(path: Path) -> tuple[list[tuple[str, int]], int]:
     return rows, int(mark)
 
 
+async def wait_for_mark(path: Path, position: int) -> None:
+    """Until the scope indexer has done `position` (at most 5 s)."""
+    for _ in range(100):
+        if scope_rows(path)[1] >= position:
+            return
+        await asyncio.sleep(0.05)
+
+
 @pytest.fixture
 async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
     store = SQLiteStorage(str(tmp_path / "scopes.db"))
@@ -78,10 +86,7 @@ async def test_scope_rows_follow_ingest_without_a_read(
         [(team, positions[1]), (team, positions[2]), (project, positions[2])],
         key=lambda row: (row[1], row[0]),
     )
-    for _ in range(100):
-        if scope_rows(tmp_path / "scopes.db")[1] == positions[-1]:
-            break
-        await asyncio.sleep(0.05)
+    await wait_for_mark(tmp_path / "scopes.db", positions[-1])
     assert scope_rows(tmp_path / "scopes.db") == (expected, positions[-1])
 
 
@@ -161,11 +166,12 @@ async def test_an_event_sixteen_groups_deep_has_a_scope_row_for_each_group_below
     while len(chain) < groups.MAX_DEPTH:
         chain.append(groups.new_child(chain[-1]))
     [stored] = await storage.ingest([wire.parse_event(event(chain[-1]))], NOW)
+    await wait_for_mark(tmp_path / "scopes.db", stored.event.position)
+    rows, _ = scope_rows(tmp_path / "scopes.db")
+    assert rows == sorted((group, stored.event.position) for group in chain[1:])
     for group in chain:
         listed = await storage.list_events(EventQuery(scope=group))
         assert [e.position for e in listed] == [stored.event.position]
-    rows, _ = scope_rows(tmp_path / "scopes.db")
-    assert rows == sorted((group, stored.event.position) for group in chain[1:])
 
 
 async def test_events_left_unindexed_by_a_closed_storage_are_indexed_after_the_next_open(
@@ -184,10 +190,44 @@ async def test_events_left_unindexed_by_a_closed_storage_are_indexed_after_the_n
     second = SQLiteStorage(str(path))
     await second.open()
     try:
-        for _ in range(100):
-            if scope_rows(path)[1] == stored.event.position:
-                break
-            await asyncio.sleep(0.05)
+        await wait_for_mark(path, stored.event.position)
         assert scope_rows(path) == ([(team, stored.event.position)], stored.event.position)
     finally:
         await second.close()
+
+
+async def test_a_subtree_read_merges_indexed_and_unindexed_events_without_writing(
+    storage: SQLiteStorage, tmp_path: Path
+) -> None:
+    """Below the root, the events before the indexer's mark (scope rows) and after it (read
+    from the events) come in one order, counted and grouped together; and the read takes no
+    write lock: another connection holding one does not hold it up."""
+    path = tmp_path / "scopes.db"
+    root = groups.new_root()
+    team = groups.new_child(root)
+    [old] = await storage.ingest([wire.parse_event(event(team, id="old"))], NOW)
+    await wait_for_mark(path, old.event.position)
+    other = dict(event(team, id="new"), type="dev.example.other.v1")
+    [new] = await storage.ingest([wire.parse_event(other)], NOW + 1)
+    assert scope_rows(path)[1] == old.event.position  # "new" is not indexed yet
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        read = asyncio.gather(
+            storage.list_events(EventQuery(scope=team)),
+            storage.list_events(EventQuery(scope=team, descending=True, limit=1)),
+            storage.list_events(EventQuery(scope=team, after=old.event.position)),
+            storage.count_events(EventQuery(scope=team)),
+            storage.event_stats(EventQuery(scope=team), ["type"], None),
+            storage.find_events(team, "new", None, limit=2),
+        )
+        ascending, newest, after_old, count, stats, found = await asyncio.wait_for(read, 5)
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert [e.id for e in ascending] == ["old", "new"]
+    assert [e.id for e in newest] == ["new"]
+    assert [e.id for e in after_old] == ["new"]
+    assert count == 2
+    assert sorted(stats) == [("dev.example.other.v1", 1), ("dev.example.widget.created.v1", 1)]
+    assert [e.position for e in found] == [new.event.position]

@@ -111,8 +111,8 @@ class PostgresEventSQL(querying.EventSQL):
     def scope_join(self) -> str:
         return "e.seq = s.seq AND e.stored_ns = s.stored_ns"
 
-    def in_scope(self) -> str:
-        return "EXISTS (SELECT 1 FROM event_scopes s WHERE s.scope = %s AND s.seq = e.seq)"
+    def in_scope(self, scope: str) -> tuple[str, list[Any]]:
+        return "EXISTS (SELECT 1 FROM event_scopes s WHERE s.scope = %s AND s.seq = e.seq)", [scope]
 
     def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
         """A page of events, as the shared SQL, but a subtree's scope rows fetch their events one

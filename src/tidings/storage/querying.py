@@ -94,8 +94,8 @@ class EventSQL:
         """How a scope row joins its event."""
         raise NotImplementedError
 
-    def in_scope(self) -> str:
-        """A condition that the event `e` is seen from the group given as one parameter."""
+    def in_scope(self, scope: str) -> tuple[str, list[Any]]:
+        """A condition that the event `e` is seen from `scope` (below the root), and its parameters."""
         raise NotImplementedError
 
     # How the events found by id are ordered in SQL (empty: by the caller).
@@ -116,8 +116,9 @@ class EventSQL:
         sql = f"SELECT {columns}, {EVENT_COLUMNS} FROM events e WHERE e.tenant = {p} AND e.id = {p}"
         params: list[Any] = [tenant, event_id]
         if scope != tenant:
-            sql += f" AND {self.in_scope()}"
-            params.append(scope)
+            condition, more = self.in_scope(scope)
+            sql += f" AND {condition}"
+            params.extend(more)
         sql += self.viewer_may_see()
         params.append(viewer_roles)
         if source is not None:
@@ -197,6 +198,19 @@ class EventSQL:
         self, query: EventQuery, group_by: Sequence[str], interval: str | None
     ) -> tuple[str, list[Any]]:
         """Counts per `group_by` fields and time bucket, most first."""
+        sql, params, keys = self.counts_sql(query, group_by, interval)
+        return f"{sql}{self.most_first(keys)} LIMIT {self.p}", [*params, query.limit]
+
+    @staticmethod
+    def most_first(keys: int) -> str:
+        """The ORDER BY of stats rows of `keys` key columns and a count: most first, then by key."""
+        numbers = ", ".join(str(i + 1) for i in range(keys))
+        return f" ORDER BY {keys + 1} DESC" + (f", {numbers}" if keys else "")
+
+    def counts_sql(
+        self, query: EventQuery, group_by: Sequence[str], interval: str | None
+    ) -> tuple[str, list[Any], int]:
+        """The stats rows unordered: the key columns, then the count; and how many keys."""
         source, params, order = self.scoped(query.scope)
         where, more = self.filters(query, order)
         keys = [GROUP_BY_COLUMNS[name] for name in group_by]
@@ -210,6 +224,4 @@ class EventSQL:
         numbers = ", ".join(str(i + 1) for i in range(len(keys)))
         select = "".join(f"{key}, " for key in keys)
         grouping = f" GROUP BY {numbers}" if keys else ""
-        ordering = " ORDER BY count(*) DESC" + (f", {numbers}" if keys else "")
-        sql = f"SELECT {select}count(*) {source}{where}{grouping}{ordering} LIMIT {self.p}"
-        return sql, [*params, *more, query.limit]
+        return f"SELECT {select}count(*) {source}{where}{grouping}", [*params, *more], len(keys)

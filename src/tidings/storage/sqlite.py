@@ -151,43 +151,37 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
             long=len(events) > GROUP_SIZE,
             size=len(events),
         )
-        self._scopes.ingested()
-        self._search.ingested()
+        if self._open:  # not after close(): the indexers are stopped
+            self._scopes.ingested()
+            self._search.ingested()
         return ingested
 
-    async def _read_indexed(
-        self, fn: Callable[[sqlite3.Connection], T], scope: str, text: bool = False
-    ) -> T:
-        """Run the read `fn` once the indexes written behind that it needs (the scope rows
-        below a root, the full-text index for a search) hold every event stored so far."""
-        needed = [self._scopes] if scope != groups.root_of(scope) else []
-        if text:
-            needed.append(self._search)
-        if not needed:
+    async def _read_searchable(self, fn: Callable[[sqlite3.Connection], T], text: bool) -> T:
+        """Run the read `fn`; a full-text search first has the index hold every event stored
+        so far. (Reads below the root need no such step: see SQLiteEventSQL.)"""
+        if not text:
             return await self._engine.read(fn)
 
         def checked(conn: sqlite3.Connection) -> tuple[T] | None:
-            behind = any(not indexer.current(conn) for indexer in needed)
-            return None if behind else (fn(conn),)
+            return (fn(conn),) if self._search.current(conn) else None
 
         done = await self._engine.read(checked)
         if done is not None:
             return done[0]
-        for indexer in needed:
-            await indexer.catch_up()
+        await self._search.catch_up()
         return await self._engine.read(fn)
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
         sql, params = SQL.list_sql(query)
-        rows = await self._read_indexed(
-            lambda conn: conn.execute(sql, params).fetchall(), query.scope, query.text is not None
+        rows = await self._read_searchable(
+            lambda conn: conn.execute(sql, params).fetchall(), query.text is not None
         )
         return [event_from_row(row) for row in rows]
 
     async def count_events(self, query: EventQuery) -> int:
         sql, params = SQL.count_sql(query)
-        row = await self._read_indexed(
-            lambda conn: conn.execute(sql, params).fetchone(), query.scope, query.text is not None
+        row = await self._read_searchable(
+            lambda conn: conn.execute(sql, params).fetchone(), query.text is not None
         )
         return int(row[0])
 
@@ -195,10 +189,8 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         self, query: EventQuery, group_by: Sequence[str], interval: str | None
     ) -> list[tuple[Any, ...]]:
         sql, params = SQL.stats_sql(query, group_by, interval)
-        return await self._read_indexed(
-            lambda conn: [tuple(r) for r in conn.execute(sql, params)],
-            query.scope,
-            query.text is not None,
+        return await self._read_searchable(
+            lambda conn: [tuple(r) for r in conn.execute(sql, params)], query.text is not None
         )
 
     async def event_payload(self, position: int) -> str | None:
@@ -213,7 +205,7 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         self, scope: str, event_id: str, source: str | None, limit: int, viewer_roles: int = 15
     ) -> list[StoredEvent]:
         sql, params = SQL.find_sql(scope, event_id, source, viewer_roles, limit)
-        rows = await self._read_indexed(lambda conn: conn.execute(sql, params).fetchall(), scope)
+        rows = await self._engine.read(lambda conn: conn.execute(sql, params).fetchall())
         return [event_from_row(row) for row in rows]
 
     async def create_group(self, group: Group) -> None:

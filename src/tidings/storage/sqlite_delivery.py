@@ -49,8 +49,8 @@ class FanOut:
         self._subscribing: dict[str, bool] = {}
 
     def _any_active(self, tenant: str) -> bool:
-        """Whether the tenant has an active subscription at all (most events of a tenant
-        without any then cost one query a transaction, not one each)."""
+        """Whether the tenant has an active subscription at all (the events of a tenant
+        without any then cost one query an ingest call, a batch's included)."""
         if tenant not in self._subscribing:
             self._subscribing[tenant] = (
                 self._conn.execute(

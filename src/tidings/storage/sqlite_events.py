@@ -41,10 +41,88 @@ def event_from_row(row: Sequence[Any]) -> StoredEvent:
     )
 
 
+# The last position the scope indexer has done, read in the query's own snapshot.
+_INDEXED = "(SELECT CAST(value AS INTEGER) FROM settings WHERE name = 'scopes:indexed')"
+_SHARED_WITH = (
+    "json_each('[\"' || replace(json_extract(e.attributes, '$.allowedgroups'), ',', '\",\"')"
+    " || '\"]')"
+)
+
+
+def _seen_from(scope: str) -> tuple[str, list[Any]]:
+    """The condition that `e` is seen from `scope` (below the root) by its group or the groups
+    it is shared with, tested on the event itself: what its scope rows will say."""
+    bounds = [scope, scope + "/", scope + "0"]  # '0' follows '/': the subtree's paths lie between
+    return (
+        "(e.group_path = ? OR (e.group_path > ? AND e.group_path < ?)"
+        " OR (instr(e.attributes, '\"allowedgroups\"') > 0 AND EXISTS (SELECT 1 FROM"
+        f" {_SHARED_WITH} j WHERE j.value = ? OR (j.value > ? AND j.value < ?))))",
+        [*bounds, *bounds],
+    )
+
+
 class SQLiteEventSQL(querying.EventSQL):
-    """SQLite's dialect: `?` placeholders, one integer position, FTS5."""
+    """SQLite's dialect: `?` placeholders, one integer position, FTS5.
+
+    A query below the root reads two parts in one statement (one snapshot): the scope rows up
+    to the scope indexer's mark, and the events after it (not indexed yet), each tested for
+    the group; the events of both are merged in order. So a read never waits for the indexer
+    nor writes: it sees every event stored before it, and never passes one.
+    """
 
     p = "?"
+
+    def __init__(self, tail: bool = False):
+        # True: the SQL of the second part, the events after the mark.
+        self.tail = tail
+
+    def visible_now(self, alias: str) -> str:
+        return f" AND s.position <= {_INDEXED}" if alias == "s" else ""
+
+    def scoped(self, scope: str) -> tuple[str, list[Any], list[str]]:
+        if not self.tail:
+            return super().scoped(scope)
+        seen, params = _seen_from(scope)
+        return (
+            f"FROM events e WHERE e.tenant = ? AND e.position > {_INDEXED} AND {seen}",
+            [groups.root_of(scope), *params],
+            ["e.position"],
+        )
+
+    def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
+        indexed, params = super().list_sql(query)
+        if _at_root(query) or self.tail:
+            return indexed, params
+        tail, more = TAIL.list_sql(query)
+        direction = "DESC" if query.descending else "ASC"
+        return (
+            f"SELECT * FROM ({indexed}) UNION ALL SELECT * FROM ({tail})"
+            f" ORDER BY 1 {direction} LIMIT ?",
+            [*params, *more, query.limit],
+        )
+
+    def count_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
+        indexed, params = super().count_sql(query)
+        if _at_root(query) or self.tail:
+            return indexed, params
+        tail, more = TAIL.count_sql(query)
+        return f"SELECT ({indexed}) + ({tail})", [*params, *more]
+
+    def counts_sql(
+        self, query: EventQuery, group_by: Sequence[str], interval: str | None
+    ) -> tuple[str, list[Any], int]:
+        indexed, params, keys = super().counts_sql(query, group_by, interval)
+        if _at_root(query) or self.tail:
+            return indexed, params, keys
+        tail, more, _ = TAIL.counts_sql(query, group_by, interval)
+        names = "".join(f"k{i}, " for i in range(keys))
+        numbers = ", ".join(str(i + 1) for i in range(keys))
+        return (
+            f"WITH parts ({names}n) AS (SELECT * FROM ({indexed}) UNION ALL SELECT * FROM ({tail}))"
+            f" SELECT {names}sum(n) FROM parts" + (f" GROUP BY {numbers}" if keys else ""),
+            [*params, *more],
+            keys,
+        )
 
     def position_columns(self, alias: str) -> list[str]:
         return [f"{alias}.position"]
@@ -65,14 +143,19 @@ class SQLiteEventSQL(querying.EventSQL):
     def scope_join(self) -> str:
         return "e.position = s.position"
 
-    def in_scope(self) -> str:
-        return f"e.position IN (SELECT position FROM event_scopes s WHERE {self.scope_is('s')})"
+    def in_scope(self, scope: str) -> tuple[str, list[Any]]:
+        seen, params = _seen_from(scope)
+        return (
+            f"(e.position IN (SELECT position FROM event_scopes s WHERE {self.scope_is('s')})"
+            f" OR (e.position > {_INDEXED} AND {seen}))",
+            [scope, *params],
+        )
 
     find_order = " ORDER BY e.position"
 
     def scope_filters(self, query: EventQuery) -> tuple[str, list[Any]]:
         # Scope rows carry the event's type: exact types are one range of (scope, type, position).
-        if query.types and not query.type_prefixes:
+        if query.types and not query.type_prefixes and not self.tail:
             types = ", ".join("?" * len(query.types))
             return f" AND s.type IN (SELECT id FROM interned WHERE text IN ({types}))", list(
                 query.types
@@ -80,7 +163,12 @@ class SQLiteEventSQL(querying.EventSQL):
         return "", []
 
 
+def _at_root(query: EventQuery) -> bool:
+    return query.scope == groups.root_of(query.scope)
+
+
 SQL = SQLiteEventSQL()
+TAIL = SQLiteEventSQL(tail=True)
 
 
 def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:

@@ -8,11 +8,13 @@ written behind is filled by a batch function, in position order, from the
 events after its mark (a row of `settings`, moved in the same transaction, so
 a crash loses nothing): hundreds of events' entries share each page.
 
-An indexer runs its batches shortly after ingests. A read that needs the index
-checks, in its own snapshot, that the mark is at the last event stored; if not,
-the read catches the index up and runs again. So a read never misses an event
-acknowledged before it began, and the events it sees are all below the mark: a
-page never passes an event that is still to be indexed.
+An indexer runs its batches shortly after ingests, and when a storage opens.
+Reads below the root never wait for the scope indexer: they read the events
+after its mark straight from `events` (see SQLiteEventSQL). A full-text search
+checks that the mark is at the last event stored and, if not, catches the index
+up and runs again. Both the mark and the last position only grow, so a search
+never misses an event acknowledged before it began, and what it sees is all
+below the mark: a page never passes an event that is still to be indexed.
 """
 
 from __future__ import annotations

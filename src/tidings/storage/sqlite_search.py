@@ -17,7 +17,9 @@ MARK = "search:indexed"
 
 # What `q` searches in an event, as indexing.search_text gives it, in SQL: run by SQLite
 # in C (off Python's global lock) instead of in Python on the event loop. FTS5's unicode61
-# tokenizer splits the words itself; their order does not matter to a search of words.
+# tokenizer splits the words itself; their order does not matter to a search of words. One
+# difference: a number beyond 64 bits or in exponent form is written as SQLite shows a real
+# (12345678901234567890 as 1.23456789012346e+19), so it is found by other words.
 TEXT = (
     "e.type || ' ' || coalesce(e.subject, '') || ' ' || coalesce(e.actor, '') || ' '"
     " || coalesce(json_extract(e.attributes, '$.description'), '') || ' '"

@@ -11,8 +11,9 @@ CREATE UNIQUE INDEX events_id_source ON events (tenant, id, source);
 DROP INDEX events_type;
 DROP INDEX events_stats_type;
 CREATE INDEX events_type ON events (tenant, type, position, time_ns, roles_mask);
--- Stats per group read the group from the time index (appended to, as time goes on,
--- so cheap to keep), instead of an index by group that needed each row for its roles.
+-- Stats per group read the group from the time index (events mostly arrive in time
+-- order, so it is mostly appended to and cheap to keep), instead of an index by group
+-- that needed each row for its roles.
 DROP INDEX events_group;
 DROP INDEX events_stats_time;
 CREATE INDEX events_time ON events (tenant, time_ns, roles_mask, group_path);

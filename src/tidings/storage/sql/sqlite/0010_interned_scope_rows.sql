@@ -1,7 +1,8 @@
 -- Scope rows keyed by numbers: each group path and event type they name is interned once
 -- in `interned`, and a scope row holds its numbers. Two integers compare and pack far better
--- than two texts of 40 to 100 characters: writing a batch's scope rows costs about 40% of
--- what it did (see tidings/storage/sqlite_scopes.py).
+-- than two texts of 40 to 100 characters: writing a batch's scope rows costs about a third
+-- of what it did (see tidings/storage/sqlite_scopes.py). The table is rewritten whole, under
+-- the write lock: on a large file, plan the upgrade for a quiet moment.
 CREATE TABLE interned (
     id INTEGER PRIMARY KEY,
     text TEXT NOT NULL UNIQUE
