@@ -172,10 +172,21 @@ class SQLiteStorage(SQLiteDeliveries, SQLiteCatalog, Storage):
         return await self._engine.read(fn)
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
-        sql, params = SQL.list_sql(query)
-        rows = await self._read_searchable(
-            lambda conn: conn.execute(sql, params).fetchall(), query.text is not None
-        )
+        parts = SQL.list_parts(query)
+
+        def page(conn: sqlite3.Connection) -> list[Any]:
+            rows: list[Any] = []
+            conn.execute("BEGIN")  # one snapshot for every part
+            try:
+                for sql, params in parts:
+                    rows.extend(conn.execute(sql, params).fetchmany(query.limit - len(rows)))
+                    if len(rows) >= query.limit:
+                        break
+            finally:
+                conn.execute("COMMIT")
+            return rows
+
+        rows = await self._read_searchable(page, query.text is not None)
         return [event_from_row(row) for row in rows]
 
     async def count_events(self, query: EventQuery) -> int:

@@ -64,10 +64,10 @@ def _seen_from(scope: str) -> tuple[str, list[Any]]:
 class SQLiteEventSQL(querying.EventSQL):
     """SQLite's dialect: `?` placeholders, one integer position, FTS5.
 
-    A query below the root reads two parts in one statement (one snapshot): the scope rows up
-    to the scope indexer's mark, and the events after it (not indexed yet), each tested for
-    the group; the events of both are merged in order. So a read never waits for the indexer
-    nor writes: it sees every event stored before it, and never passes one.
+    A query below the root reads two parts in one snapshot: the scope rows up to the scope
+    indexer's mark, and the events after it (not indexed yet), each tested for the group. So
+    a read never waits for the indexer nor writes: it sees every event stored before it, and
+    never passes one.
     """
 
     p = "?"
@@ -89,17 +89,15 @@ class SQLiteEventSQL(querying.EventSQL):
             ["e.position"],
         )
 
-    def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
-        indexed, params = super().list_sql(query)
-        if _at_root(query) or self.tail:
-            return indexed, params
-        tail, more = TAIL.list_sql(query)
-        direction = "DESC" if query.descending else "ASC"
-        return (
-            f"SELECT * FROM ({indexed}) UNION ALL SELECT * FROM ({tail})"
-            f" ORDER BY 1 {direction} LIMIT ?",
-            [*params, *more, query.limit],
-        )
+    def list_parts(self, query: EventQuery) -> list[tuple[str, list[Any]]]:
+        """A page's queries, to run in order in one snapshot until the page is full: below the
+        root, the scope rows up to the mark and the events after it (those first, descending).
+        (As one compound statement, SQLite sorted each part whole instead of stopping early.)"""
+        indexed = self.list_sql(query)
+        if _at_root(query):
+            return [indexed]
+        parts = [indexed, TAIL.list_sql(query)]
+        return parts[::-1] if query.descending else parts
 
     def count_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
         indexed, params = super().count_sql(query)
