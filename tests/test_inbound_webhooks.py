@@ -501,6 +501,27 @@ def test_cloudevents_mapping_refuses_a_group_outside(client: TestClient, tenant:
     assert stored(client, tenant) == []
 
 
+def test_cloudevents_mapping_refuses_sharing_outside_the_webhooks_group(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """allowedgroups naming a group outside the webhook's subtree (a sibling) is a 422 that
+    stores nothing; a group inside it is accepted."""
+    child, sibling = groups.new_child(tenant.root), groups.new_child(tenant.root)
+    narrow = create(client, tenant.owner, child, "cloudevents").json()
+    inside = groups.new_child(child)
+    response = receive(
+        client, narrow["id"], event(child, allowedgroups=sibling), narrow["access_key"]
+    )
+    assert response.status_code == 422, response.text
+    assert sibling in response.json()["error"]["message"]
+    assert stored(client, tenant) == []
+    response = receive(
+        client, narrow["id"], event(child, allowedgroups=inside), narrow["access_key"]
+    )
+    assert response.status_code == 201, response.text
+    assert stored(client, tenant)[0]["allowedgroups"] == inside
+
+
 def test_generic_mapping_reads_the_pointers(client: TestClient, tenant: Tenant) -> None:
     """The generic mapping takes type, subject, actor and time at its pointers; the body is the payload."""
     webhook = created(client, tenant, GENERIC_MAPPING)

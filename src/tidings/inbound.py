@@ -83,7 +83,13 @@ def _cloudevent(webhook: Webhook, payload: Any, raw: str) -> list[EventInput]:
         raise Unprocessable(
             f"the event's group {group!r} is outside the webhook's group {webhook.group!r}"
         )
-    return [replace(wire.parse_event(payload), raw=raw)]
+    event = wire.parse_event(payload)
+    outside = [g for g in event.allowed_groups if not groups.contains(webhook.group, g)]
+    if outside:
+        raise Unprocessable(
+            f"allowedgroups {outside} lie outside the webhook's group {webhook.group!r}"
+        )
+    return [replace(event, raw=raw)]
 
 
 def _text(value: Any, what: str) -> str | None:
