@@ -12,16 +12,15 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.conftest import event
+from tests.reports import FIVE_DAYS_NS, NS, result
 from tidings import groups, wire
-from tidings.model import Attempt, AttemptResult, Claim, Delivery, Subscription
+from tidings.model import Claim, Delivery, Subscription
 from tidings.storage import open_storage
 from tidings.storage.base import Storage
 
-NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 T0 = 1_760_000_000 * NS
 LEASE_NS = 60 * NS
-FIVE_DAYS_NS = 5 * DAY_NS
 
 
 @pytest.fixture
@@ -53,38 +52,6 @@ async def publish(storage: Storage, root: str, count: int, now_ns: int = T0) -> 
     """Ingest `count` test events in `root`."""
     batch = [wire.parse_event(event(root, id=f"e-{now_ns}-{n}")) for n in range(count)]
     await storage.ingest(batch, now_ns)
-
-
-def result(
-    claim: Claim,
-    now_ns: int,
-    code: int,
-    next_due_ns: int | None = None,
-    disable_reason: str | None = None,
-) -> AttemptResult:
-    """What a worker reports after an attempt of `claim` answered `code`."""
-    if 200 <= code < 300:
-        status = "delivered"
-    else:
-        status = "pending" if next_due_ns is not None else "failed"
-    return AttemptResult(
-        delivery_id=claim.delivery_id,
-        claim_token=claim.claim_token,
-        subscription_id=claim.subscription.id,
-        attempt=Attempt(
-            number=claim.attempts + 1,
-            started_ns=now_ns - NS,
-            status_code=code,
-            latency_ms=3.0,
-            error=None,
-            response=f"answered {code}",
-        ),
-        status=status,
-        next_due_ns=next_due_ns,
-        now_ns=now_ns,
-        disable_reason=disable_reason,
-        disable_if_failing_since_ns=now_ns - FIVE_DAYS_NS,
-    )
 
 
 async def delivery(storage: Storage, delivery_id: int) -> Delivery:

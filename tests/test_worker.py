@@ -19,12 +19,13 @@ from aiohttp import web
 
 from tests.conftest import event
 from tests.receivers import Received, Receiver
+from tests.reports import result
 from tidings import groups, wire
 from tidings.config import Settings
 from tidings.delivery.schedule import Schedule
 from tidings.delivery.transport import AiohttpTransport
 from tidings.delivery.worker import Worker, WorkerSettings
-from tidings.model import Attempt, AttemptResult, Claim, Delivery, Subscription
+from tidings.model import Delivery, Subscription
 from tidings.storage.sqlite import SQLiteStorage
 
 NS = 1_000_000_000
@@ -430,26 +431,6 @@ async def test_failing_for_five_days_disables_the_subscription(
     assert len(receiver.received()) == 6
 
 
-def result_for(claim: Claim, now_ns: int, status: str = "delivered") -> AttemptResult:
-    """A worker's report of a 200 for `claim`."""
-    return AttemptResult(
-        delivery_id=claim.delivery_id,
-        claim_token=claim.claim_token,
-        subscription_id=claim.subscription.id,
-        attempt=Attempt(
-            number=claim.attempts + 1,
-            started_ns=now_ns,
-            status_code=200,
-            latency_ms=1.0,
-            error=None,
-            response="ok",
-        ),
-        status=status,
-        next_due_ns=None,
-        now_ns=now_ns,
-    )
-
-
 async def test_lost_lease_cannot_record_and_the_new_claim_can(
     rig: Rig, receivers: Receivers
 ) -> None:
@@ -463,16 +444,16 @@ async def test_lost_lease_cannot_record_and_the_new_claim_can(
     assert claim_b.delivery_id == claim_a.delivery_id
     assert claim_b.claim_token != claim_a.claim_token
 
-    assert await rig.storage.record_attempt(result_for(claim_a, rig.clock())) is False
+    assert await rig.storage.record_attempt(result(claim_a, rig.clock(), 200)) is False
     delivery = await rig.storage.delivery(claim_a.delivery_id)
     assert delivery is not None
     assert (delivery.status, delivery.attempts, delivery.attempt_log) == ("pending", 0, ())
 
-    assert await rig.storage.record_attempt(result_for(claim_b, rig.clock())) is True
+    assert await rig.storage.record_attempt(result(claim_b, rig.clock(), 200)) is True
     delivery = await rig.storage.delivery(claim_a.delivery_id)
     assert delivery is not None
     assert (delivery.status, delivery.attempts, len(delivery.attempt_log)) == ("delivered", 1, 1)
-    assert await rig.storage.record_attempt(result_for(claim_a, rig.clock())) is False
+    assert await rig.storage.record_attempt(result(claim_a, rig.clock(), 200)) is False
 
 
 async def test_expired_lease_cannot_record_even_unclaimed(rig: Rig, receivers: Receivers) -> None:

@@ -4,8 +4,8 @@ Who sees an event: a token of group G sees the events of G's subtree and
 those that name a group of G's subtree in `allowedgroups`. Both are rows of
 `event_scopes` (one per group below the root that sees the event, written
 behind the events by sqlite_scopes), so any subtree is one ordered index
-range; the root sees its whole tenant. An event
-with `allowedroles` is seen only by tokens holding one of them (`roles_mask`).
+range; the root sees its whole tenant. An event with `allowedroles` is seen
+only by tokens holding one of them (`roles_mask`).
 """
 
 from __future__ import annotations
