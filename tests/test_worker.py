@@ -555,13 +555,14 @@ async def test_overall_bound_holds_across_sinks(rig: Rig, receivers: Receivers) 
 
 
 def count_batches(storage: SQLiteStorage, monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
-    """The sizes of the batches `storage.<name>` (record_attempts or release_claims) is given."""
+    """The sizes of the batches `storage.<name>` (record_attempts or release_claims) is given,
+    each counted once its write has ended (so a test that waits for a count reads the result)."""
     sizes: list[int] = []
     write = getattr(storage, name)
 
     async def counted(items: Any) -> list[bool]:
-        sizes.append(len(items))
         found: list[bool] = await write(items)
+        sizes.append(len(items))
         return found
 
     monkeypatch.setattr(storage, name, counted)
