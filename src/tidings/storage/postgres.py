@@ -37,6 +37,7 @@ from tidings.model import (
     Webhook,
 )
 from tidings.storage import postgres_delivery as deliveries
+from tidings.storage import postgres_paging
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
 from tidings.storage.postgres_events import (
@@ -201,7 +202,8 @@ class PostgresStorage(Storage):
 
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
         return [
-            event_from_row(row) for row in await self._event_query(lambda sql: sql.list_sql(query))
+            event_from_row(row)
+            for row in await self._run(lambda conn: postgres_paging.list_page(conn, query))
         ]
 
     async def count_events(self, query: EventQuery) -> int:

@@ -72,15 +72,25 @@ class PostgresEventSQL(querying.EventSQL):
     """PostgreSQL's dialect: `%s` placeholders, (tx, seq) positions, the ingest horizon, tsvector.
 
     `horizon` is the ingest horizon read just before a list (see `with_horizon`); finding by id
-    needs none.
+    needs none. `window`, whole days of stored time `[first_ns, end_ns)`, keeps a page to the
+    partitions of those days (see `postgres_paging`).
     """
 
     p = "%s"
     # No ORDER BY: with one, the planner walks the tenant's whole ingest order to find an id.
     find_order = ""
 
-    def __init__(self, horizon: int | None = None):
+    def __init__(self, horizon: int | None = None, window: tuple[int, int] | None = None):
         self.horizon = horizon
+        self.window = window
+
+    def in_window(self, alias: str) -> str:
+        """The window's bounds on `alias`, as numbers in the SQL: the planner then plans (and
+        locks) the window's partitions only."""
+        if self.window is None:
+            return ""
+        first_ns, end_ns = self.window
+        return f" AND {alias}.stored_ns >= {int(first_ns)} AND {alias}.stored_ns < {int(end_ns)}"
 
     def position_columns(self, alias: str) -> list[str]:
         return [f"{alias}.tx", f"{alias}.seq"]
@@ -106,7 +116,7 @@ class PostgresEventSQL(querying.EventSQL):
             raise RuntimeError(
                 "a PostgreSQL event query needs the ingest horizon: use with_horizon()"
             )
-        return f" AND {alias}.tx < {int(self.horizon)}"
+        return f" AND {alias}.tx < {int(self.horizon)}{self.in_window(alias)}"
 
     def scope_join(self) -> str:
         return "e.seq = s.seq AND e.stored_ns = s.stored_ns"
@@ -138,7 +148,7 @@ class PostgresEventSQL(querying.EventSQL):
         types = " AND (" + " OR ".join(type_terms) + ")" if type_terms else ""
         source = (
             "FROM event_scopes s CROSS JOIN LATERAL"
-            f" (SELECT * FROM events e WHERE {self.scope_join()} OFFSET 0) e"
+            f" (SELECT * FROM events e WHERE {self.scope_join()}{self.in_window('e')} OFFSET 0) e"
             f" WHERE s.scope = %s{types}{self.visible_now('s')}"
         )
         order = self.position_columns("s")

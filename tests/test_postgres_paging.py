@@ -1,0 +1,95 @@
+"""PostgreSQL pages read from a window of days around their cursor are the pages of the whole table.
+
+Events are stored on several days, in an ingest order that disagrees with their stored time
+(as clocks that disagree would make it): some land days behind the events ingested before them,
+some beyond the widest window. Paging through in both orders, with several page sizes and
+filters, must give every matching event exactly once, in ingest order, and the windows must
+answer most pages.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import pytest
+
+from tests.conftest import event
+from tests.databases import new_schema
+from tidings import groups, wire
+from tidings.model import EventQuery
+from tidings.storage import open_storage, postgres_paging
+from tidings.storage.postgres_partitions import DAY_NS
+
+# Days before today some ingests store their event on (the rest: today): a day or a week back
+# (inside the windows), a month back (past the widest window).
+DAYS_BACK = {10: 1, 20: 30, 35: 7, 50: 30, 60: 1}
+RARE = "dev.example.rare.v1"
+
+
+@pytest.fixture
+def windows(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int] | None]:
+    """The window (or None: the whole table) of every read of a page's rows."""
+    seen: list[tuple[int, int] | None] = []
+    read = postgres_paging._rows
+
+    async def spied(conn: Any, sql: Any, query: EventQuery) -> list[Any]:
+        seen.append(sql.window)
+        return await read(conn, sql, query)
+
+    monkeypatch.setattr(postgres_paging, "_rows", spied)
+    return seen
+
+
+async def test_pages_from_windows_are_the_pages_of_the_whole_table(
+    postgres_server: str, windows: list[tuple[int, int] | None]
+) -> None:
+    rng = random.Random(11)
+    storage = open_storage(new_schema(postgres_server))
+    await storage.open()
+    root = groups.new_root()
+    team = groups.new_child(root)
+    today = time.time_ns()
+    stored: list[tuple[str, str, str]] = []  # (id, group, type) in ingest order
+    pages = 0
+    try:
+        for index in range(80):
+            group = rng.choice((root, team))
+            type_ = RARE if index % 9 == 4 else "dev.example.widget.created.v1"
+            body = event(group, id=f"e{index}", type=type_)
+            now = today - DAYS_BACK.get(index, 0) * DAY_NS - rng.randrange(DAY_NS // 4)
+            await storage.ingest([wire.parse_event(body)], now)
+            stored.append((f"e{index}", group, type_))
+        for scope, types in ((root, ()), (team, ()), (root, (RARE,)), (team, (RARE,))):
+            expected = [
+                id_
+                for id_, group, type_ in stored
+                if groups.contains(scope, group) and (not types or type_ in types)
+            ]
+            for descending in (False, True):
+                for limit in (1, 3, 7):
+                    ids: list[str] = []
+                    after = None
+                    while page := await storage.list_events(
+                        EventQuery(
+                            scope=scope,
+                            types=types,
+                            after=after,
+                            descending=descending,
+                            limit=limit,
+                        )
+                    ):
+                        pages += 1
+                        ids.extend(found.id for found in page)
+                        after = page[-1].position
+                    assert ids == (expected[::-1] if descending else expected), (
+                        scope,
+                        types,
+                        descending,
+                        limit,
+                    )
+    finally:
+        await storage.close()
+    whole_table = windows.count(None)
+    assert 0 < whole_table < pages / 2  # most pages came from a window, some needed the whole table
