@@ -8,9 +8,9 @@ time and ingest order nearly agree, so a page usually lies in the day of its cur
 therefore first read from a window of whole days there, planned against those partitions
 only, and one more statement finds the first position past the cursor outside the window (an
 index probe per other partition, on a plan kept prepared). The window's rows before that
-position are exactly the first rows after the cursor in the whole table; when they do not fill
-the page (a rare filter, or clocks that disagreed), a wider window is tried, and last the whole
-table. No clock is trusted for correctness: the probe is what decides.
+position are exactly the first rows after the cursor in the whole table. When they are too few
+for the page (a rare filter), one more window, as wide as should hold a page, is tried (up to
+`MAX_WINDOW_DAYS`); otherwise (or when clocks disagreed) the whole table is read. No clock is trusted for correctness: the probe is what decides.
 
 Both statements run after the ingest horizon was read, so every row below it has committed
 (see `with_horizon`); the probe ignores the horizon and the filters, which can only make it
@@ -29,8 +29,9 @@ from tidings.model import EventQuery
 from tidings.storage.postgres_events import PostgresEventSQL, unpack
 from tidings.storage.postgres_partitions import DAY_NS
 
-# The windows tried, in days, before the whole table.
-WINDOW_DAYS = (2, 16)
+FIRST_WINDOW_DAYS = 2
+# The widest window tried before the whole table: wider ones plan and open as many partitions.
+MAX_WINDOW_DAYS = 16
 _FAR = 2**63 - 1  # beyond every tx, seq and stored_ns
 
 _HORIZON_AND_ANCHOR = (
@@ -118,13 +119,19 @@ async def list_page(conn: AsyncConnection[Any], query: EventQuery) -> list[tuple
     """The rows of a page (the position columns, then EVENT_COLUMNS), as `list_sql` over the
     whole table would give them."""
     horizon, anchor_ns = await _horizon_and_anchor(conn, query)
-    if anchor_ns is not None:
-        for days in WINDOW_DAYS:
-            span = window(anchor_ns, days, query.descending)
-            rows = await _rows(conn, PostgresEventSQL(horizon, span), query)
-            nearest = await _nearest_outside(conn, query, span)
-            if nearest is None:
-                return rows
-            if len(rows) == query.limit and _before(rows[-1], nearest, query.descending):
-                return rows  # a full page, all of it before every row outside the window
+    days = FIRST_WINDOW_DAYS
+    for _ in range(2 if anchor_ns is not None else 0):  # two windows at most
+        span = window(anchor_ns or 0, days, query.descending)
+        rows = await _rows(conn, PostgresEventSQL(horizon, span), query)
+        nearest = await _nearest_outside(conn, query, span)
+        if nearest is None:
+            return rows
+        if len(rows) == query.limit and _before(rows[-1], nearest, query.descending):
+            return rows  # a full page, all of it before every row outside the window
+        if not rows or len(rows) == query.limit:
+            break  # nothing here, or rows of a skewed clock beyond the window: read everything
+        # Too few rows for a page: once more, as many days as should hold one (with a margin).
+        days = max(days + 1, -(-days * query.limit * 3 // (2 * len(rows))))
+        if days > MAX_WINDOW_DAYS:
+            break
     return await _rows(conn, PostgresEventSQL(horizon), query)
