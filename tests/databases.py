@@ -12,12 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+
+from tidings.storage.sqlite import SQLiteStorage
 
 BACKENDS = ("sqlite", "postgres")
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -162,3 +164,12 @@ def query(database_url: str, sql: str) -> list[tuple[object, ...]]:
             return [tuple(row) for row in conn.execute(sql).fetchall()]
     with psycopg.connect(database_url, autocommit=True) as conn:
         return [tuple(row) for row in conn.execute(sql.encode()).fetchall()]
+
+
+@pytest.fixture
+async def sqlite_storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
+    """A real SQLite file, migrated and open (for tests of the SQLite backend alone)."""
+    store = SQLiteStorage(str(tmp_path / "tidings.db"))
+    await store.open()
+    yield store
+    await store.close()

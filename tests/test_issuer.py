@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -16,6 +15,7 @@ from cryptography.fernet import Fernet
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
+from tests import databases
 from tests.servers import database_url
 from tidings.api import errors, wellknown
 from tidings.issuer import (
@@ -57,13 +57,7 @@ class FakeClock:
         self.now += int(seconds * NS)
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    """A real SQLite database, opened and migrated."""
-    store = SQLiteStorage(str(tmp_path / "tidings.db"))
-    await store.open()
-    yield store
-    await store.close()
+storage = databases.sqlite_storage  # the fixture, under the name these tests use
 
 
 @pytest.fixture

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
+from tests import databases
 from tests.conftest import event, migrated_before
 from tidings import groups, wire
 from tidings.model import EventQuery, Subscription
@@ -41,12 +39,7 @@ async def wait_for_mark(path: Path, position: int) -> None:
         await asyncio.sleep(0.05)
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    store = SQLiteStorage(str(tmp_path / "scopes.db"))
-    await store.open()
-    yield store
-    await store.close()
+storage = databases.sqlite_storage  # the fixture, under the name these tests use
 
 
 async def test_a_subtree_read_finds_an_event_stored_just_before(
@@ -60,7 +53,7 @@ async def test_a_subtree_read_finds_an_event_stored_just_before(
     for n in range(3):
         [stored] = await storage.ingest([wire.parse_event(event(project, id=f"e{n}"))], NOW + n)
         assert (
-            scope_rows(tmp_path / "scopes.db")[1] < stored.event.position
+            scope_rows(tmp_path / "tidings.db")[1] < stored.event.position
         )  # not indexed yet: the read must catch up
         listed = await storage.list_events(EventQuery(scope=team))
         assert [e.id for e in listed] == [f"e{i}" for i in range(n + 1)]
@@ -86,8 +79,8 @@ async def test_scope_rows_follow_ingest_without_a_read(
         [(team, positions[1]), (team, positions[2]), (project, positions[2])],
         key=lambda row: (row[1], row[0]),
     )
-    await wait_for_mark(tmp_path / "scopes.db", positions[-1])
-    assert scope_rows(tmp_path / "scopes.db") == (expected, positions[-1])
+    await wait_for_mark(tmp_path / "tidings.db", positions[-1])
+    assert scope_rows(tmp_path / "tidings.db") == (expected, positions[-1])
 
 
 async def test_an_event_is_seen_from_the_groups_it_is_shared_with(
@@ -123,7 +116,7 @@ async def test_a_replay_below_the_root_queues_events_not_yet_indexed(
     )
     [stored] = await storage.ingest([wire.parse_event(event(team, id="late"))], NOW + 1)
     await storage.create_subscription(sub, [], NOW + 2)
-    assert scope_rows(tmp_path / "scopes.db")[1] < stored.event.position
+    assert scope_rows(tmp_path / "tidings.db")[1] < stored.event.position
     assert await storage.replay(sub, NOW, NOW + 3) == 1
 
 
@@ -166,8 +159,8 @@ async def test_an_event_sixteen_groups_deep_has_a_scope_row_for_each_group_below
     while len(chain) < groups.MAX_DEPTH:
         chain.append(groups.new_child(chain[-1]))
     [stored] = await storage.ingest([wire.parse_event(event(chain[-1]))], NOW)
-    await wait_for_mark(tmp_path / "scopes.db", stored.event.position)
-    rows, _ = scope_rows(tmp_path / "scopes.db")
+    await wait_for_mark(tmp_path / "tidings.db", stored.event.position)
+    rows, _ = scope_rows(tmp_path / "tidings.db")
     assert rows == sorted((group, stored.event.position) for group in chain[1:])
     for group in chain:
         listed = await storage.list_events(EventQuery(scope=group))
@@ -202,7 +195,7 @@ async def test_a_subtree_read_merges_indexed_and_unindexed_events_without_writin
     """Below the root, the events before the indexer's mark (scope rows) and after it (read
     from the events) come in one order, counted and grouped together; and the read takes no
     write lock: another connection holding one does not hold it up."""
-    path = tmp_path / "scopes.db"
+    path = tmp_path / "tidings.db"
     root = groups.new_root()
     team = groups.new_child(root)
     [old] = await storage.ingest([wire.parse_event(event(team, id="old"))], NOW)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests import databases
 from tests.conftest import event
 from tests.receivers import Received, Receiver
 from tests.reports import result
@@ -151,13 +152,7 @@ class Rig:
         pytest.fail(f"delivery {delivery_id} still pending after {rounds} rounds")
 
 
-@pytest.fixture
-async def storage(tmp_path: Path) -> AsyncIterator[SQLiteStorage]:
-    """A real SQLite file, migrated and open."""
-    store = SQLiteStorage(str(tmp_path / "worker.db"))
-    await store.open()
-    yield store
-    await store.close()
+storage = databases.sqlite_storage  # the fixture, under the name these tests use
 
 
 @pytest.fixture
