@@ -179,7 +179,7 @@ class PostgresStorage(Storage):
     async def ingest(self, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
         day = day_of(now_ns)
         await self._ensure_days(day, day)
-        return await self._run(lambda conn: ingest(conn, events, now_ns))
+        return await self._run_pipelined(lambda conn: ingest(conn, events, now_ns))
 
     async def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         async def fetch(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:

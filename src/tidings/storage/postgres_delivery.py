@@ -19,7 +19,12 @@ from tidings.model import (
     roles_mask,
 )
 from tidings.storage.attempts import DISABLE, SET_FAILING_SINCE, subscription_writes
-from tidings.storage.postgres_events import EVENT_COLUMNS, SQL, WAKE_CHANNEL, event_from_row
+from tidings.storage.postgres_events import (
+    EVENT_COLUMNS,
+    SQL,
+    event_from_row,
+    queue_deliveries,
+)
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
     claims_of,
@@ -273,18 +278,11 @@ async def replay(conn: AsyncConnection[Any], sub: Subscription, since_ns: int, n
     )
     waiting = {row[0] for row in await cursor.fetchall()}
     queued = [
-        (sub.id, seq, stored_ns, "pending", now_ns, now_ns, now_ns)
+        (sub.id, seq, stored_ns)
         for seq, stored_ns, type_, subject, event_mask in found
         if seq not in waiting
         and sub.matches(type_, subject)
         and (event_mask == 0 or event_mask & mask)
     ]
-    if queued:
-        async with conn.cursor().copy(
-            "COPY deliveries (subscription_id, event_seq, event_stored_ns, status, due_ns, created_ns, updated_ns)"
-            " FROM STDIN"
-        ) as copy:
-            for row in queued:
-                await copy.write_row(row)
-        await conn.execute(f"NOTIFY {WAKE_CHANNEL}")
+    await queue_deliveries(conn, queued, now_ns)
     return len(queued)

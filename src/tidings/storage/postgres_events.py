@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import uuid6
 from psycopg import AsyncConnection
 
@@ -176,18 +177,49 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
     return PostgresEventSQL(int(row[0]))
 
 
-async def _active_subscriptions(conn: AsyncConnection[Any], scopes: set[str]) -> list[Subscription]:
-    cursor = await conn.execute(
-        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE state = 'active' AND group_path = ANY(%s)",
-        (sorted(scopes),),
-    )
-    return [subscription_from_row(row) for row in await cursor.fetchall()]
+# One statement writes a batch: its events come as one JSON array (json_to_recordset), so the
+# rows cost no Python per value (no COPY rows, no array dumpers) and no round trips of their own.
+# `event_ids` takes the (tenant, source, id) keys first; only the rows it took go on to
+# `events` and `event_scopes`. Sequence values are drawn in the batch's order.
+_INPUT_COLUMNS = (
+    "ord int, tenant text, group_path text, id text, source text, type text, subject text,"
+    " actor text, eventkey text, roles_mask int, time_ns bigint, attributes text, data text,"
+    " search_text text, payload text, fingerprint text, scopes text[]"
+)
+_WRITE_EVENTS = f"""
+WITH input AS MATERIALIZED (
+    SELECT r.*, nextval('events_seq') AS seq
+    FROM (SELECT * FROM json_to_recordset(%(rows)s::json) AS r({_INPUT_COLUMNS}) ORDER BY ord) r
+), fresh AS (
+    INSERT INTO event_ids (tenant, source, id, seq, stored_ns, fingerprint)
+    SELECT tenant, source, id, seq, %(now)s, fingerprint FROM input
+    ON CONFLICT DO NOTHING RETURNING seq
+), kept AS MATERIALIZED (
+    SELECT i.* FROM input i JOIN fresh USING (seq)
+), written AS (
+    INSERT INTO events (tx, seq, tenant, group_path, id, source, type, subject, actor, eventkey,
+        roles_mask, time_ns, stored_ns, attributes, data, search_text, payload)
+    SELECT pg_current_xact_id()::text::bigint, seq, tenant, group_path, id, source, type,
+        subject, actor, eventkey, roles_mask, time_ns, %(now)s, attributes, data, search_text,
+        payload
+    FROM kept
+), scoped AS (
+    INSERT INTO event_scopes (scope, tx, seq, stored_ns, type)
+    SELECT scope, pg_current_xact_id()::text::bigint, k.seq, %(now)s, k.type
+    FROM kept k CROSS JOIN LATERAL unnest(k.scopes) AS scope
+)
+SELECT ord, pg_current_xact_id()::text::bigint, seq FROM kept
+"""
 
 
 async def ingest(
     conn: AsyncConnection[Any], events: Sequence[EventInput], now_ns: int
 ) -> list[Ingested]:
-    """Store events, their scopes and their deliveries in the caller's transaction (the outbox)."""
+    """Store events, their scopes and their deliveries in the caller's transaction (the outbox).
+
+    The statements go out pipelined: the transaction waits for the database once for the
+    events, and once more only for repeats or deliveries.
+    """
     keyed: dict[tuple[str, str, str], int] = {}
     prepared: list[tuple[EventInput, str, tuple[str, str, str]]] = []
     for index, event in enumerate(events):
@@ -201,90 +233,71 @@ async def ingest(
             )
         prepared.append((event, event_id, key))
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
-    # The advisory lock marks this transaction as an ingest for readers' horizon (see the schema);
-    # it is taken in the same statement that gives the transaction its id.
-    cursor = await conn.execute(
-        "SELECT pg_current_xact_id()::text::bigint, array(SELECT nextval('events_seq') FROM generate_series(1, %s))"
-        " FROM (SELECT pg_advisory_xact_lock_shared(%s)) AS lock",
-        (len(unique), INGEST_LOCK),
-    )
-    tx, seqs = await cursor.fetchone()  # type: ignore[misc]
-    cursor = await conn.execute(
-        "INSERT INTO event_ids (tenant, source, id, seq, stored_ns, fingerprint)"
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[], %s::text[])"
-        " ON CONFLICT DO NOTHING RETURNING tenant, source, id",
-        (
-            [key[0] for _, _, key in unique],
-            [key[1] for _, _, key in unique],
-            [key[2] for _, _, key in unique],
-            seqs,
-            [now_ns] * len(unique),
-            [event.fingerprint for event, _, _ in unique],
-        ),
-    )
-    inserted = {tuple(row) for row in await cursor.fetchall()}
-    existing = await _existing(conn, [item for item in unique if item[2] not in inserted], prepared)
-    stored: dict[tuple[str, str, str], StoredEvent] = dict(existing)
-    rows: list[tuple[Any, ...]] = []
-    scope_rows: list[tuple[str, int, int, int, str]] = []
-    fresh: list[tuple[EventInput, int]] = []
-    for (event, event_id, key), seq in zip(unique, seqs, strict=True):
-        if key not in inserted:
-            continue
+    rows: list[dict[str, Any]] = []
+    for ord_, (event, event_id, key) in enumerate(unique):
         time = event.time or from_ns(now_ns)
         attributes = render_attributes(event, event_id, time, now_ns)
         rows.append(
-            (
-                tx,
-                seq,
-                key[0],
-                event.group,
-                event_id,
-                event.source,
-                event.type,
-                event.subject,
-                event.actor,
-                event.eventkey,
-                event.roles_mask,
-                time.ns,
-                now_ns,
-                attributes,
-                event.data_json,
-                searchable_text(event),
-                event.raw,
-            )
+            {
+                "ord": ord_,
+                "tenant": key[0],
+                "group_path": event.group,
+                "id": event_id,
+                "source": event.source,
+                "type": event.type,
+                "subject": event.subject,
+                "actor": event.actor,
+                "eventkey": event.eventkey,
+                "roles_mask": event.roles_mask,
+                "time_ns": time.ns,
+                "attributes": attributes,
+                "data": event.data_json,
+                "search_text": searchable_text(event),
+                "payload": event.raw,
+                "fingerprint": event.fingerprint,
+                "scopes": visible_scopes(event),
+            }
         )
-        scope_rows.extend((scope, tx, seq, now_ns, event.type) for scope in visible_scopes(event))
+    scopes: set[str] = set()
+    for event, _, _ in unique:
+        scopes |= groups_above(event)
+    async with conn.pipeline():
+        # The advisory lock marks this transaction as an ingest for readers' horizon (see the
+        # schema): it is taken before the first write gives the transaction its id.
+        await begin_ingest(conn)
+        subscriptions = await conn.execute(
+            f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE state = 'active' AND group_path = ANY(%s)",
+            (sorted(scopes),),
+        )
+        written = await conn.execute(
+            _WRITE_EVENTS, {"rows": orjson.dumps(rows).decode(), "now": now_ns}
+        )
+        kept = {ord_: (tx, seq) for ord_, tx, seq in await written.fetchall()}
+        active = [subscription_from_row(row) for row in await subscriptions.fetchall()]
+    stored = await _existing(
+        conn, [item for ord_, item in enumerate(unique) if ord_ not in kept], prepared
+    )
+    fresh: list[tuple[EventInput, int]] = []
+    created: dict[tuple[str, str, str], int] = {}
+    for ord_, (tx, seq) in kept.items():
+        event, event_id, key = unique[ord_]
         stored[key] = StoredEvent(
             position=pack(tx, seq),
             id=event_id,
             source=event.source,
             type=event.type,
             group=event.group,
-            attributes=attributes,
+            attributes=rows[ord_]["attributes"],
             data=event.data_json,
         )
+        created[key] = seq
         fresh.append((event, seq))
-    if rows:
-        async with conn.cursor().copy(
-            "COPY events (tx, seq, tenant, group_path, id, source, type, subject, actor, eventkey,"
-            " roles_mask, time_ns, stored_ns, attributes, data, search_text, payload) FROM STDIN"
-        ) as copy:
-            for row in rows:
-                await copy.write_row(row)
-    if scope_rows:
-        async with conn.cursor().copy(
-            "COPY event_scopes (scope, tx, seq, stored_ns, type) FROM STDIN"
-        ) as copy:
-            for scope_row in scope_rows:
-                await copy.write_row(scope_row)
-    queued = await _fan_out(conn, fresh, now_ns)
-    seq_of = {key: seq for (_, _, key), seq in zip(unique, seqs, strict=True)}
+    queued = await _fan_out(conn, active, fresh, now_ns)
     results = []
     for index, (_, _, key) in enumerate(prepared):
-        created = key in inserted and index == keyed[key]
-        deliveries = queued[seq_of[key]] if created else 0
-        results.append(Ingested(event=stored[key], created=created, deliveries=deliveries))
+        is_new = key in created and index == keyed[key]
+        deliveries = queued[created[key]] if is_new else 0
+        results.append(Ingested(event=stored[key], created=is_new, deliveries=deliveries))
     return results
 
 
@@ -320,29 +333,37 @@ async def _existing(
 
 
 async def _fan_out(
-    conn: AsyncConnection[Any], fresh: list[tuple[EventInput, int]], now_ns: int
+    conn: AsyncConnection[Any],
+    subscriptions: list[Subscription],
+    fresh: list[tuple[EventInput, int]],
+    now_ns: int,
 ) -> Counter[int]:
     """Queue each new event for the active subscriptions that match it, and wake the workers;
     return how many deliveries each event (by its seq) queued."""
-    if not fresh:
-        return Counter()
-    scopes: set[str] = set()
-    for event, _ in fresh:
-        scopes |= groups_above(event)
-    subscriptions = await _active_subscriptions(conn, scopes)
     queued = [
         (sub.id, seq, now_ns)
         for event, seq in fresh
         for sub in subscriptions
         if sub.group in groups_above(event) and delivers_to(sub, event)
     ]
-    if not queued:
-        return Counter()
-    async with conn.cursor().copy(
-        "COPY deliveries (subscription_id, event_seq, event_stored_ns, status, due_ns, created_ns, updated_ns)"
-        " FROM STDIN"
-    ) as copy:
-        for sub_id, seq, stored_ns in queued:
-            await copy.write_row((sub_id, seq, stored_ns, "pending", now_ns, now_ns, now_ns))
-    await conn.execute(f"NOTIFY {WAKE_CHANNEL}")
+    await queue_deliveries(conn, queued, now_ns)
     return Counter(seq for _, seq, _ in queued)
+
+
+async def queue_deliveries(
+    conn: AsyncConnection[Any], queued: Sequence[tuple[str, int, int]], now_ns: int
+) -> None:
+    """Insert pending deliveries, each (subscription id, event seq, event stored_ns), due now,
+    in their order, and wake the workers."""
+    if not queued:
+        return
+    await conn.execute(
+        "INSERT INTO deliveries (subscription_id, event_seq, event_stored_ns, status, due_ns,"
+        " created_ns, updated_ns) SELECT r.s, r.q, r.n, 'pending', %(now)s, %(now)s, %(now)s"
+        " FROM json_to_recordset(%(rows)s::json) AS r(s text, q bigint, n bigint)",
+        {
+            "rows": orjson.dumps([{"s": s, "q": q, "n": n} for s, q, n in queued]).decode(),
+            "now": now_ns,
+        },
+    )
+    await conn.execute(f"NOTIFY {WAKE_CHANNEL}")
