@@ -49,7 +49,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-import uuid6
 import uvloop
 from starlette.requests import Request
 from starlette.responses import Response
@@ -58,6 +57,7 @@ import report
 from tidings import groups, wire
 from tidings.api.access import new_token
 from tidings.catalog import builtin_types
+from tidings.ids import uuid7
 from tidings.model import EventInput, Group
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
@@ -185,7 +185,7 @@ class EventMaker:
 
 def stored_row(event: EventInput, now_ns: int) -> tuple[Any, ...]:
     """The `events` row tidings stores for `event`, as its SQLite ingest builds it (defaults aside)."""
-    event_id = event.id or str(uuid6.uuid7())
+    event_id = event.id or uuid7()
     when = event.time or from_ns(now_ns)
     return (
         groups.root_of(event.group),

@@ -149,11 +149,11 @@ _BARE_COLUMNS = _EVENT_COLUMNS.removeprefix("tx, ")  # tx: the column's default,
 
 
 def uuid7_at(ns: int, rng: random.Random) -> str:
-    """A UUIDv7 minted at `ns`, as ingest's `uuid6.uuid7()` would have then."""
+    """A UUIDv7 minted at `ns`, as ingest's `tidings.ids.uuid7()` would have then."""
     value = (
         (ns // 1_000_000) << 80
         | 0x7 << 76
-        | rng.getrandbits(12) << 64
+        | (ns % 1_000_000) * 4096 // 1_000_000 << 64
         | 0b10 << 62
         | rng.getrandbits(62)
     )

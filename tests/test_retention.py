@@ -34,9 +34,9 @@ CUTOFF = NOW - 90 * DAY_NS
 DAYS_AGO = (119, 110, 100, 95, 91, 89, 85, 60, 30, 7, 1, 0)
 
 
-def make_event(root: str, event_id: str, raw: bool = False) -> EventInput:
-    """A test event with `event_id` in the tenant `root` (with an inbound payload if `raw`)."""
-    parsed = wire.parse_event(event(root, id=event_id))
+def make_event(group: str, event_id: str, raw: bool = False) -> EventInput:
+    """A test event with `event_id` in `group` (with an inbound payload if `raw`)."""
+    parsed = wire.parse_event(event(group, id=event_id))
     return replace(parsed, raw='{"inbound": true}') if raw else parsed
 
 
@@ -128,6 +128,7 @@ async def test_retention_keeps_exactly_the_last_90_days(backend: str, database_u
     try:
         root = groups.new_root()
         other = groups.new_root()  # another tenant: retention is not per tenant
+        team = groups.new_child(root)  # the boundary's events have scope rows to expire too
         await subscribe(storage, root, NOW - 120 * DAY_NS)
         stored_at: dict[str, int] = {}
         for days in DAYS_AGO:
@@ -135,7 +136,7 @@ async def test_retention_keeps_exactly_the_last_90_days(backend: str, database_u
             batch = [make_event(root, f"d{days}-{n}", raw=n == 0) for n in range(5)]
             batch.append(make_event(other, f"other-d{days}"))
             await storage.ingest(batch, at)
-            stored_at.update({e.id or "": at for e in batch if e.group == root})
+            stored_at.update({e.id or "": at for e in batch if groups.root_of(e.group) == root})
         # The boundary, to the nanosecond (and the start of the boundary's day).
         for name, at in (
             ("before-1ns", CUTOFF - 1),
@@ -144,7 +145,7 @@ async def test_retention_keeps_exactly_the_last_90_days(backend: str, database_u
             ("day-start", day_of(CUTOFF) * DAY_NS),
             ("day-before-end", day_of(CUTOFF) * DAY_NS - 1),
         ):
-            await storage.ingest([make_event(root, name)], at)
+            await storage.ingest([make_event(team, name)], at)
             stored_at[name] = at
         assert await deliver_everything(storage, NOW) == len(stored_at)
         assert await count(storage, root) == len(stored_at)
@@ -162,6 +163,7 @@ async def test_retention_keeps_exactly_the_last_90_days(backend: str, database_u
         assert {"before-1ns", "day-start", "day-before-end"} <= gone
         assert expired == len(gone) + sum(1 for days in DAYS_AGO if days > 90)  # + the other's
         assert await count(storage, root) == len(kept)
+        assert await storage.count_events(EventQuery(scope=team)) == 2  # at-cutoff, after-1ns
         assert sorted(await listed_ids(storage, root)) == sorted(kept)
         assert await count(storage, other) == sum(1 for days in DAYS_AGO if days <= 90)
         assert scalar(database_url, "SELECT count(*) FROM events") == await count(
@@ -184,6 +186,7 @@ async def test_retention_keeps_exactly_the_last_90_days(backend: str, database_u
                 )
                 == 0
             )
+            assert scalar(database_url, "SELECT count(*) FROM event_scopes") == 2
             days_after = partition_days(database_url)
             for table, days in days_after.items():
                 # Every whole day before the cutoff's was dropped; the cutoff's own day stays
@@ -193,8 +196,13 @@ async def test_retention_keeps_exactly_the_last_90_days(backend: str, database_u
                 assert days == {day for day in made if day >= day_of(CUTOFF)}
         else:
             assert (
-                scalar(database_url, "SELECT count(*) FROM event_scopes") == 0
-            )  # root events only
+                scalar(
+                    database_url,
+                    "SELECT count(*) FROM event_scopes WHERE position NOT IN"
+                    " (SELECT position FROM events)",
+                )
+                == 0
+            )
             assert scalar(database_url, "SELECT count(*) FROM events_text") == len(kept) + sum(
                 1 for days in DAYS_AGO if days <= 90
             )

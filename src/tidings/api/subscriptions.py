@@ -10,7 +10,6 @@ from dataclasses import replace
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import uuid6
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -21,6 +20,7 @@ from tidings.delivery import ssrf
 from tidings.delivery.transport import HttpOutcome
 from tidings.delivery.worker import build_request
 from tidings.errors import BadRequest, NotFound, Unprocessable
+from tidings.ids import uuid7
 from tidings.model import Delivery, EventInput, StoredEvent, Subscription, roles_mask
 from tidings.timestamps import from_ns
 from tidings.tokens import Principal
@@ -220,7 +220,7 @@ async def _send_test(state: AppState, sub: Subscription, principal: Principal) -
             },
         }
     )
-    event_id = str(uuid6.uuid7())
+    event_id = uuid7()
     event = StoredEvent(
         position=0,
         id=event_id,

@@ -244,11 +244,14 @@ class PostgresStorage(Storage):
 
         deleted = await self._run(whole_days)
         self._partition_days = {day for day in self._partition_days if day >= cutoff_day}
+        # The boundary day's scope rows go first, in one statement over that day's partition
+        # (no ingest writes there); an event whose scope rows are gone is one being expired.
+        await self._run(
+            lambda conn: conn.execute("DELETE FROM event_scopes WHERE stored_ns < %s", (before_ns,))
+        )
         deleted += await self._delete_in_batches(
             "WITH gone AS (DELETE FROM events WHERE (stored_ns, seq) IN (SELECT stored_ns, seq FROM events"
-            " WHERE stored_ns < %s LIMIT %s) RETURNING seq, stored_ns),"
-            " scopes AS (DELETE FROM event_scopes s USING gone WHERE s.seq = gone.seq AND s.stored_ns = gone.stored_ns)"
-            " SELECT count(*) FROM gone",
+            " WHERE stored_ns < %s LIMIT %s) RETURNING 1) SELECT count(*) FROM gone",
             before_ns,
             batch,
         )

@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import uuid6
 from psycopg import AsyncConnection
 
 from tidings import groups
 from tidings.errors import Conflict
+from tidings.ids import uuid7s
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent, Subscription
 from tidings.storage import querying
 from tidings.storage.indexing import searchable_text, visible_scopes
@@ -123,7 +123,12 @@ class PostgresEventSQL(querying.EventSQL):
         return "e.seq = s.seq AND e.stored_ns = s.stored_ns"
 
     def in_scope(self, scope: str) -> tuple[str, list[Any]]:
-        return "EXISTS (SELECT 1 FROM event_scopes s WHERE s.scope = %s AND s.seq = e.seq)", [scope]
+        # The whole key of event_scopes_order, and the partition key: one index probe.
+        return (
+            "EXISTS (SELECT 1 FROM event_scopes s WHERE s.scope = %s AND s.tx = e.tx"
+            " AND s.seq = e.seq AND s.stored_ns = e.stored_ns)",
+            [scope],
+        )
 
     def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
         """A page of events, as the shared SQL, but a subtree's scope rows fetch their events one
@@ -222,8 +227,9 @@ async def ingest(
     """
     keyed: dict[tuple[str, str, str], int] = {}
     prepared: list[tuple[EventInput, str, tuple[str, str, str]]] = []
+    minted = iter(uuid7s(sum(1 for event in events if not event.id)))
     for index, event in enumerate(events):
-        event_id = event.id or str(uuid6.uuid7())
+        event_id = event.id or next(minted)
         key = (groups.root_of(event.group), event.source, event_id)
         first = keyed.setdefault(key, index)
         if first != index and prepared[first][0].fingerprint != event.fingerprint:
