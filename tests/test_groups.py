@@ -132,7 +132,7 @@ def test_contains_compares_whole_segments(ancestor: str, path: str, expected: bo
 def test_root_ancestors_and_depth() -> None:
     """A path knows its tenant, its chain of ancestors and its depth."""
     assert groups.root_of("a/b/c") == "a"
-    assert groups.ancestors("a/b/c") == ["a", "a/b", "a/b/c"]
+    assert groups.ancestors("a/b/c") == ("a", "a/b", "a/b/c")
     assert groups.depth("a/b/c") == 3
 
 

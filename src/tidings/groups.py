@@ -10,6 +10,7 @@ A group sees itself and its descendants. Subtree tests compare whole segments:
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 
@@ -69,10 +70,11 @@ def contains(ancestor: str, path: str) -> bool:
     return path == ancestor or path.startswith(ancestor + "/")
 
 
-def ancestors(path: str) -> list[str]:
-    """`path` and every group above it, from the root down."""
+@functools.lru_cache(maxsize=65_536)
+def ancestors(path: str) -> tuple[str, ...]:
+    """`path` and every group above it, from the root down (remembered: every event asks)."""
     parts = path.split("/")
-    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    return tuple("/".join(parts[: i + 1]) for i in range(len(parts)))
 
 
 def subtree_bounds(path: str) -> tuple[str, str]:

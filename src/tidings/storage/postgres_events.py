@@ -184,11 +184,13 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
 
 # One statement writes a batch: its events come as one JSON array (json_to_recordset), so the
 # rows cost no Python per value (no COPY rows, no array dumpers) and no round trips of their own.
+# The attributes and data, JSON already, are embedded as they are (orjson.Fragment) and read
+# back as `json`, whose text PostgreSQL keeps verbatim: no escaping on the way.
 # `event_ids` takes the (tenant, source, id) keys first; only the rows it took go on to
 # `events` and `event_scopes`. Sequence values are drawn in the batch's order.
 _INPUT_COLUMNS = (
     "ord int, tenant text, group_path text, id text, source text, type text, subject text,"
-    " actor text, eventkey text, roles_mask int, time_ns bigint, attributes text, data text,"
+    " actor text, eventkey text, roles_mask int, time_ns bigint, attributes json, data json,"
     " search_text text, payload text, fingerprint text, scopes text[]"
 )
 _WRITE_EVENTS = f"""
@@ -205,8 +207,8 @@ WITH input AS MATERIALIZED (
     INSERT INTO events (tx, seq, tenant, group_path, id, source, type, subject, actor, eventkey,
         roles_mask, time_ns, stored_ns, attributes, data, search_text, payload)
     SELECT pg_current_xact_id()::text::bigint, seq, tenant, group_path, id, source, type,
-        subject, actor, eventkey, roles_mask, time_ns, %(now)s, attributes, data, search_text,
-        payload
+        subject, actor, eventkey, roles_mask, time_ns, %(now)s, attributes::text, data::text,
+        search_text, payload
     FROM kept
 ), scoped AS (
     INSERT INTO event_scopes (scope, tx, seq, stored_ns, type)
@@ -240,9 +242,11 @@ async def ingest(
         prepared.append((event, event_id, key))
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
     rows: list[dict[str, Any]] = []
+    attributes_of: list[str] = []
     for ord_, (event, event_id, key) in enumerate(unique):
         time = event.time or from_ns(now_ns)
         attributes = render_attributes(event, event_id, time, now_ns)
+        attributes_of.append(attributes)
         rows.append(
             {
                 "ord": ord_,
@@ -256,8 +260,8 @@ async def ingest(
                 "eventkey": event.eventkey,
                 "roles_mask": event.roles_mask,
                 "time_ns": time.ns,
-                "attributes": attributes,
-                "data": event.data_json,
+                "attributes": orjson.Fragment(attributes),
+                "data": orjson.Fragment(event.data_json),
                 "search_text": searchable_text(event),
                 "payload": event.raw,
                 "fingerprint": event.fingerprint,
@@ -267,19 +271,19 @@ async def ingest(
     scopes: set[str] = set()
     for event, _, _ in unique:
         scopes |= groups_above(event)
-    async with conn.pipeline():
-        # The advisory lock marks this transaction as an ingest for readers' horizon (see the
-        # schema): it is taken before the first write gives the transaction its id.
-        await begin_ingest(conn)
-        subscriptions = await conn.execute(
-            f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE state = 'active' AND group_path = ANY(%s)",
-            (sorted(scopes),),
-        )
-        written = await conn.execute(
-            _WRITE_EVENTS, {"rows": orjson.dumps(rows).decode(), "now": now_ns}
-        )
-        kept = {ord_: (tx, seq) for ord_, tx, seq in await written.fetchall()}
-        active = [subscription_from_row(row) for row in await subscriptions.fetchall()]
+    # The advisory lock marks this transaction as an ingest for readers' horizon (see the
+    # schema): it is taken before the first write gives the transaction its id.
+    await begin_ingest(conn)
+    subscriptions = await conn.execute(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE state = 'active'"
+        " AND group_path IN (SELECT json_array_elements_text(%s::json))",
+        (orjson.dumps(sorted(scopes)).decode(),),
+    )
+    written = await conn.execute(
+        _WRITE_EVENTS, {"rows": orjson.dumps(rows).decode(), "now": now_ns}
+    )
+    kept = {ord_: (tx, seq) for ord_, tx, seq in await written.fetchall()}
+    active = [subscription_from_row(row) for row in await subscriptions.fetchall()]
     stored = await _existing(
         conn, [item for ord_, item in enumerate(unique) if ord_ not in kept], prepared
     )
@@ -293,7 +297,7 @@ async def ingest(
             source=event.source,
             type=event.type,
             group=event.group,
-            attributes=rows[ord_]["attributes"],
+            attributes=attributes_of[ord_],
             data=event.data_json,
         )
         created[key] = seq
