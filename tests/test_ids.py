@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -39,3 +40,22 @@ def test_many_ids_at_once_keep_the_time_they_were_minted() -> None:
 def test_the_random_part_differs_between_ids() -> None:
     low_bits = {uuid.UUID(value).int & ((1 << 62) - 1) for value in uuid7s(1_000)}
     assert len(low_bits) == 1_000
+
+
+def test_ids_minted_on_two_threads_at_once_never_share_a_clock_value() -> None:
+    """The commit thread of SQLite and the event loop mint ids at the same time."""
+    minted: list[list[str]] = [[], []]
+
+    def mint(into: list[str]) -> None:
+        for _ in range(200):
+            into.extend(uuid7s(50))
+
+    threads = [threading.Thread(target=mint, args=(into,)) for into in minted]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    clocks = [uuid.UUID(value).int >> 64 & ~(0xF << 12) for value in minted[0] + minted[1]]
+    assert len(set(clocks)) == 20_000
+    for own in minted:
+        assert own == sorted(own)

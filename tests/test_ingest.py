@@ -141,6 +141,42 @@ def test_batch_is_stored_whole(client: TestClient, tenant: Tenant) -> None:
     assert count(client, tenant) == 3
 
 
+def test_batch_mixing_repeats_duplicates_and_new_events(client: TestClient, tenant: Tenant) -> None:
+    """A stored repeat answers its stored event, a duplicate within the batch its first copy,
+    and the new events are stored once each, in the batch's order."""
+    first = post(client, tenant.producer, event(tenant.root, id="old")).json()
+    batch = [
+        event(tenant.root, id="n-1"),
+        event(tenant.root, id="old"),
+        event(tenant.root, id="n-2"),
+        event(tenant.root, id="n-1"),
+        event(tenant.root, id="n-3"),
+    ]
+    response = post(client, tenant.producer, batch, BATCH)
+    assert response.status_code == 201
+    answered = response.json()["events"]
+    assert [e["id"] for e in answered] == ["n-1", "old", "n-2", "n-1", "n-3"]
+    assert answered[1] == first
+    assert answered[3] == answered[0]
+    listed = client.get("/v1/events", params={"order": "asc"}, headers=auth(tenant.viewer))
+    assert [e["id"] for e in listed.json()["events"]] == ["old", "n-1", "n-2", "n-3"]
+
+
+def test_nul_characters_in_data_and_extensions_are_stored_as_sent(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """A NUL in a string of the data or of an extension round-trips (JSON escapes it)."""
+    sent = event(tenant.root, id="nul", note="a\x00b")
+    sent["data"]["body"]["text"] = "x\x00y"
+    batch = [sent, event(tenant.root, id="plain")]
+    response = post(client, tenant.producer, batch, BATCH)
+    assert response.status_code == 201
+    stored = client.get("/v1/events/nul", headers=auth(tenant.viewer)).json()
+    assert stored["note"] == "a\x00b"
+    assert stored["data"]["body"]["text"] == "x\x00y"
+    assert count(client, tenant) == 2
+
+
 def test_batch_with_a_bad_item_stores_nothing_and_names_its_index(
     client: TestClient, tenant: Tenant
 ) -> None:

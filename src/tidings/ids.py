@@ -11,6 +11,7 @@ for a whole batch.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 _SUBMS = 4096  # steps of the millisecond in rand_a
@@ -20,15 +21,22 @@ _RAND_B = (1 << 62) - 1
 
 
 class _Clock:
-    """Milliseconds << 12 | the fraction of the millisecond, never the same twice."""
+    """Milliseconds << 12 | the fraction of the millisecond, never the same twice in a process
+    (ids are minted on the event loop and on SQLite's commit thread)."""
 
     def __init__(self) -> None:
         self.last = 0
+        self._lock = threading.Lock()
 
-    def next(self) -> int:
-        ms, rest = divmod(time.time_ns(), 1_000_000)
-        self.last = max((ms << 12) | (rest * _SUBMS // 1_000_000), self.last + 1)
-        return self.last
+    def take(self, count: int) -> list[int]:
+        """The next `count` values, ascending."""
+        values = []
+        with self._lock:
+            for _ in range(count):
+                ms, rest = divmod(time.time_ns(), 1_000_000)
+                self.last = max((ms << 12) | (rest * _SUBMS // 1_000_000), self.last + 1)
+                values.append(self.last)
+        return values
 
 
 _clock = _Clock()  # one per process
@@ -43,8 +51,7 @@ def uuid7s(count: int) -> list[str]:
     """`count` new UUIDv7 ids, ascending, in their canonical text form."""
     entropy = os.urandom(8 * count)
     ids = []
-    for index in range(count):
-        clock = _clock.next()
+    for index, clock in enumerate(_clock.take(count)):
         random_bits = int.from_bytes(entropy[8 * index : 8 * index + 8]) & _RAND_B
         value = ((clock >> 12) << 80) | _VERSION | ((clock & 0xFFF) << 64) | _VARIANT | random_bits
         ids.append(_format(value))

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
+import psycopg
 import structlog
 from psycopg import AsyncConnection, errors
 from psycopg_pool import AsyncConnectionPool
@@ -97,12 +98,17 @@ class PostgresStorage(Storage):
     async def _run_pipelined(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         """`_run` in pipeline mode: BEGIN goes out with the first statements and COMMIT with
         the last, so the transaction waits only where `work` reads a result, and once at the
-        end. On an error the pool's connection context rolls it back."""
+        end. On an error (a 409 included) it is rolled back before the connection goes back."""
         async with self._pool.connection() as conn:
-            async with conn.pipeline():
-                await conn.execute("BEGIN")
-                result = await work(conn)
-                await conn.execute("COMMIT")
+            try:
+                async with conn.pipeline():
+                    await conn.execute("BEGIN")
+                    result = await work(conn)
+                    await conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.rollback()
+                raise
             return result
 
     async def open(self) -> None:
@@ -181,7 +187,9 @@ class PostgresStorage(Storage):
         await self._ensure_days(day, day)
         return await self._run_pipelined(lambda conn: ingest(conn, events, now_ns))
 
-    async def _rows(self, query: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    async def _rows(
+        self, query: str, params: Sequence[Any] | Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
         async def fetch(conn: AsyncConnection[Any]) -> list[tuple[Any, ...]]:
             cursor = await conn.execute(query, params)
             return [tuple(row) for row in await cursor.fetchall()]
@@ -230,7 +238,7 @@ class PostgresStorage(Storage):
         """Delete events stored before `before_ns` with their deliveries; return how many events.
 
         Whole days go by dropping their partitions, whatever the table's size; the
-        rest of the boundary day, and the unpartitioned rows, go in batches.
+        rest of the boundary day, and the unpartitioned rows, go in batches of `batch`.
         """
         cutoff_day = day_of(before_ns)
 
@@ -244,21 +252,26 @@ class PostgresStorage(Storage):
 
         deleted = await self._run(whole_days)
         self._partition_days = {day for day in self._partition_days if day >= cutoff_day}
-        # The boundary day's scope rows go first, in one statement over that day's partition
-        # (no ingest writes there); an event whose scope rows are gone is one being expired.
-        await self._run(
-            lambda conn: conn.execute("DELETE FROM event_scopes WHERE stored_ns < %s", (before_ns,))
+        # The boundary day's scope rows go first (an event whose scope rows are gone is one
+        # being expired). ctid is per partition: the outer test keeps each batch to the rows
+        # meant, whichever partition a ctid is found in.
+        await self._delete_in_batches(
+            "WITH gone AS (DELETE FROM event_scopes WHERE stored_ns < %(before)s AND ctid = ANY(ARRAY("
+            "SELECT ctid FROM event_scopes WHERE stored_ns < %(before)s LIMIT %(batch)s)) RETURNING 1)"
+            " SELECT count(*) FROM gone",
+            before_ns,
+            batch,
         )
         deleted += await self._delete_in_batches(
             "WITH gone AS (DELETE FROM events WHERE (stored_ns, seq) IN (SELECT stored_ns, seq FROM events"
-            " WHERE stored_ns < %s LIMIT %s) RETURNING 1) SELECT count(*) FROM gone",
+            " WHERE stored_ns < %(before)s LIMIT %(batch)s) RETURNING 1) SELECT count(*) FROM gone",
             before_ns,
             batch,
         )
         for table, column in (("event_ids", "stored_ns"), ("deliveries", "event_stored_ns")):
             await self._delete_in_batches(
                 f"WITH gone AS (DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {table}"
-                f" WHERE {column} < %s LIMIT %s)) RETURNING 1) SELECT count(*) FROM gone",
+                f" WHERE {column} < %(before)s LIMIT %(batch)s)) RETURNING 1) SELECT count(*) FROM gone",
                 before_ns,
                 batch,
             )
@@ -268,7 +281,7 @@ class PostgresStorage(Storage):
         """Run a deleting statement (which answers its count) until it deletes less than a batch."""
         total = 0
         while True:
-            rows = await self._rows(statement, (before_ns, batch))
+            rows = await self._rows(statement, {"before": before_ns, "batch": batch})
             total += int(rows[0][0])
             if rows[0][0] < batch:
                 return total

@@ -50,10 +50,15 @@ async def begin_ingest(conn: AsyncConnection[Any]) -> None:
     """Mark a transaction that will ingest, before it writes anything else.
 
     Readers' horizon (`ingest_horizon()`) trusts that an ingest holds the advisory lock from
-    before it has a transaction id. A transaction that writes other rows first (a subscription
-    and its audit event) must take the lock before those writes give it an id.
+    before it has a transaction id. The same statement then gives it its id: while a holder
+    has none, readers fall back to the oldest transaction running anywhere, so that moment is
+    kept short. A transaction that writes other rows first (a subscription and its audit
+    event) calls this before those writes.
     """
-    await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (INGEST_LOCK,))
+    await conn.execute(
+        "SELECT pg_current_xact_id() FROM (SELECT pg_advisory_xact_lock_shared(%s) OFFSET 0) AS lock",
+        (INGEST_LOCK,),
+    )
 
 
 def event_from_row(row: Sequence[Any]) -> StoredEvent:
@@ -185,13 +190,15 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
 # One statement writes a batch: its events come as one JSON array (json_to_recordset), so the
 # rows cost no Python per value (no COPY rows, no array dumpers) and no round trips of their own.
 # The attributes and data, JSON already, are embedded as they are (orjson.Fragment) and read
-# back as `json`, whose text PostgreSQL keeps verbatim: no escaping on the way.
+# back as `json`, whose text PostgreSQL keeps verbatim: no escaping on the way. PostgreSQL's
+# JSON reader refuses the escape \u0000 anywhere, though: JSON holding it goes as a string.
 # `event_ids` takes the (tenant, source, id) keys first; only the rows it took go on to
 # `events` and `event_scopes`. Sequence values are drawn in the batch's order.
 _INPUT_COLUMNS = (
     "ord int, tenant text, group_path text, id text, source text, type text, subject text,"
     " actor text, eventkey text, roles_mask int, time_ns bigint, attributes json, data json,"
-    " search_text text, payload text, fingerprint text, scopes text[]"
+    " attributes_text text, data_text text, search_text text, payload text, fingerprint text,"
+    " scopes text[]"
 )
 _WRITE_EVENTS = f"""
 WITH input AS MATERIALIZED (
@@ -207,7 +214,8 @@ WITH input AS MATERIALIZED (
     INSERT INTO events (tx, seq, tenant, group_path, id, source, type, subject, actor, eventkey,
         roles_mask, time_ns, stored_ns, attributes, data, search_text, payload)
     SELECT pg_current_xact_id()::text::bigint, seq, tenant, group_path, id, source, type,
-        subject, actor, eventkey, roles_mask, time_ns, %(now)s, attributes::text, data::text,
+        subject, actor, eventkey, roles_mask, time_ns, %(now)s,
+        coalesce(attributes::text, attributes_text), coalesce(data::text, data_text),
         search_text, payload
     FROM kept
 ), scoped AS (
@@ -219,13 +227,21 @@ SELECT ord, pg_current_xact_id()::text::bigint, seq FROM kept
 """
 
 
+def _embedded(name: str, text: str) -> dict[str, Any]:
+    """A JSON text as a value of the batch's JSON: embedded as it is, or as a string if it holds
+    the escape PostgreSQL's JSON reader refuses."""
+    if "\\u0000" in text:
+        return {f"{name}_text": text}
+    return {name: orjson.Fragment(text)}
+
+
 async def ingest(
     conn: AsyncConnection[Any], events: Sequence[EventInput], now_ns: int
 ) -> list[Ingested]:
     """Store events, their scopes and their deliveries in the caller's transaction (the outbox).
 
-    The statements go out pipelined: the transaction waits for the database once for the
-    events, and once more only for repeats or deliveries.
+    In pipeline mode (as the storage runs it) the transaction waits for the database once for
+    the events, and once more only for repeats.
     """
     keyed: dict[tuple[str, str, str], int] = {}
     prepared: list[tuple[EventInput, str, tuple[str, str, str]]] = []
@@ -260,8 +276,8 @@ async def ingest(
                 "eventkey": event.eventkey,
                 "roles_mask": event.roles_mask,
                 "time_ns": time.ns,
-                "attributes": orjson.Fragment(attributes),
-                "data": orjson.Fragment(event.data_json),
+                **_embedded("attributes", attributes),
+                **_embedded("data", event.data_json),
                 "search_text": searchable_text(event),
                 "payload": event.raw,
                 "fingerprint": event.fingerprint,
@@ -274,13 +290,15 @@ async def ingest(
     # The advisory lock marks this transaction as an ingest for readers' horizon (see the
     # schema): it is taken before the first write gives the transaction its id.
     await begin_ingest(conn)
+    written = await conn.execute(
+        _WRITE_EVENTS, {"rows": orjson.dumps(rows).decode(), "now": now_ns}
+    )
+    # Read after the write: deliveries go to the subscriptions as they stand then (the foreign
+    # key would refuse a delivery to one deleted meanwhile).
     subscriptions = await conn.execute(
         f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE state = 'active'"
         " AND group_path IN (SELECT json_array_elements_text(%s::json))",
         (orjson.dumps(sorted(scopes)).decode(),),
-    )
-    written = await conn.execute(
-        _WRITE_EVENTS, {"rows": orjson.dumps(rows).decode(), "now": now_ns}
     )
     kept = {ord_: (tx, seq) for ord_, tx, seq in await written.fetchall()}
     active = [subscription_from_row(row) for row in await subscriptions.fetchall()]
@@ -289,7 +307,7 @@ async def ingest(
     )
     fresh: list[tuple[EventInput, int]] = []
     created: dict[tuple[str, str, str], int] = {}
-    for ord_, (tx, seq) in kept.items():
+    for ord_, (tx, seq) in sorted(kept.items()):
         event, event_id, key = unique[ord_]
         stored[key] = StoredEvent(
             position=pack(tx, seq),
