@@ -193,7 +193,8 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
 # back as `json`, whose text PostgreSQL keeps verbatim: no escaping on the way. PostgreSQL's
 # JSON reader refuses the escape \u0000 anywhere, though: JSON holding it goes as a string.
 # `event_ids` takes the (tenant, source, id) keys first; only the rows it took go on to
-# `events` and `event_scopes`. Sequence values are drawn in the batch's order.
+# `events` and `event_scopes`. Sequence values are drawn in the batch's order; the keys are
+# taken in key order, so two batches holding the same ids wait for each other, never deadlock.
 _INPUT_COLUMNS = (
     "ord int, tenant text, group_path text, id text, source text, type text, subject text,"
     " actor text, eventkey text, roles_mask int, time_ns bigint, attributes json, data json,"
@@ -206,7 +207,7 @@ WITH input AS MATERIALIZED (
     FROM (SELECT * FROM json_to_recordset(%(rows)s::json) AS r({_INPUT_COLUMNS}) ORDER BY ord) r
 ), fresh AS (
     INSERT INTO event_ids (tenant, source, id, seq, stored_ns, fingerprint)
-    SELECT tenant, source, id, seq, %(now)s, fingerprint FROM input
+    SELECT tenant, source, id, seq, %(now)s, fingerprint FROM input ORDER BY tenant, source, id
     ON CONFLICT DO NOTHING RETURNING seq
 ), kept AS MATERIALIZED (
     SELECT i.* FROM input i JOIN fresh USING (seq)
