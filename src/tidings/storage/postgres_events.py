@@ -236,6 +236,31 @@ def _embedded(name: str, text: str) -> dict[str, Any]:
     return {name: orjson.Fragment(text)}
 
 
+def _input_row(
+    ord_: int, event: EventInput, event_id: str, time_ns: int, attributes: str
+) -> dict[str, Any]:
+    """An event as a row of the batch's JSON (_INPUT_COLUMNS)."""
+    return {
+        "ord": ord_,
+        "tenant": groups.root_of(event.group),
+        "group_path": event.group,
+        "id": event_id,
+        "source": event.source,
+        "type": event.type,
+        "subject": event.subject,
+        "actor": event.actor,
+        "eventkey": event.eventkey,
+        "roles_mask": event.roles_mask,
+        "time_ns": time_ns,
+        **_embedded("attributes", attributes),
+        **_embedded("data", event.data_json),
+        "search_text": searchable_text(event),
+        "payload": event.raw,
+        "fingerprint": event.fingerprint,
+        "scopes": visible_scopes(event),
+    }
+
+
 async def ingest(
     conn: AsyncConnection[Any], events: Sequence[EventInput], now_ns: int
 ) -> list[Ingested]:
@@ -260,31 +285,10 @@ async def ingest(
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
     rows: list[dict[str, Any]] = []
     attributes_of: list[str] = []
-    for ord_, (event, event_id, key) in enumerate(unique):
+    for ord_, (event, event_id, _) in enumerate(unique):
         time = event.time or from_ns(now_ns)
-        attributes = render_attributes(event, event_id, time, now_ns)
-        attributes_of.append(attributes)
-        rows.append(
-            {
-                "ord": ord_,
-                "tenant": key[0],
-                "group_path": event.group,
-                "id": event_id,
-                "source": event.source,
-                "type": event.type,
-                "subject": event.subject,
-                "actor": event.actor,
-                "eventkey": event.eventkey,
-                "roles_mask": event.roles_mask,
-                "time_ns": time.ns,
-                **_embedded("attributes", attributes),
-                **_embedded("data", event.data_json),
-                "search_text": searchable_text(event),
-                "payload": event.raw,
-                "fingerprint": event.fingerprint,
-                "scopes": visible_scopes(event),
-            }
-        )
+        attributes_of.append(render_attributes(event, event_id, time, now_ns))
+        rows.append(_input_row(ord_, event, event_id, time.ns, attributes_of[-1]))
     scopes: set[str] = set()
     for event, _, _ in unique:
         scopes |= groups_above(event)
@@ -388,10 +392,12 @@ async def queue_deliveries(
         return
     await conn.execute(
         "INSERT INTO deliveries (subscription_id, event_seq, event_stored_ns, status, due_ns,"
-        " created_ns, updated_ns) SELECT r.s, r.q, r.n, 'pending', %(now)s, %(now)s, %(now)s"
-        " FROM json_to_recordset(%(rows)s::json) AS r(s text, q bigint, n bigint)",
+        " created_ns, updated_ns) SELECT r.sub, r.seq, r.stored_ns, 'pending', %(now)s, %(now)s,"
+        " %(now)s FROM json_to_recordset(%(rows)s::json) AS r(sub text, seq bigint, stored_ns bigint)",
         {
-            "rows": orjson.dumps([{"s": s, "q": q, "n": n} for s, q, n in queued]).decode(),
+            "rows": orjson.dumps(
+                [{"sub": sub, "seq": seq, "stored_ns": at} for sub, seq, at in queued]
+            ).decode(),
             "now": now_ns,
         },
     )
