@@ -216,6 +216,7 @@ def _serve(database: str, port: int) -> None:
 
     from tidings.api import create_app
     from tidings.config import Settings
+    from tidings.gc_tuning import tune_for_service
     from tidings.server import uvicorn_config
 
     app = create_app(Settings(database_url=f"sqlite:///{database}", sqlite_synchronous="FULL"))
@@ -229,6 +230,7 @@ def _serve(database: str, port: int) -> None:
     async def cursor(request: Request, position: int) -> Response:
         return Response(request.app.state.tidings.cursors.encode(position))
 
+    tune_for_service()  # as `tidings serve` does
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", port)).run()
 
 

@@ -598,6 +598,7 @@ def _serve_app(url: str, port: int) -> None:
 
     from tidings.api import create_app
     from tidings.config import Settings
+    from tidings.gc_tuning import tune_for_service
     from tidings.server import uvicorn_config
 
     app = create_app(Settings(database_url=url, retention_days=float(RETENTION_DAYS)))
@@ -607,6 +608,7 @@ def _serve_app(url: str, port: int) -> None:
         await request.body()
         return Response(b"{}", status_code=201, media_type="application/json")
 
+    tune_for_service()  # as `tidings serve` does
     uvicorn.Server(uvicorn_config(app, "127.0.0.1", port)).run()
 
 

@@ -83,9 +83,11 @@ def run_worker(
     """Run the delivery worker alone, until interrupted."""
     from tidings import logs
     from tidings.delivery.standalone import run_standalone_worker
+    from tidings.gc_tuning import tune_for_service
 
     logs.configure(log_format, log_level)
     settings = checked(Settings.from_env)
+    tune_for_service()
     checked(lambda: uvloop.run(run_standalone_worker(settings)))
 
 

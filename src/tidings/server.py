@@ -5,6 +5,8 @@ from __future__ import annotations
 import uvicorn
 from fastapi import FastAPI
 
+from tidings.gc_tuning import tune_for_service
+
 
 def uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
     """The server configuration tidings runs with: uvloop, httptools, no access log."""
@@ -23,4 +25,5 @@ def uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
 
 def serve(app: FastAPI, host: str, port: int) -> None:
     """Serve `app` until interrupted."""
+    tune_for_service()
     uvicorn.Server(uvicorn_config(app, host, port)).run()
