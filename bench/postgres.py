@@ -126,7 +126,7 @@ from tidings.timestamps import from_ns
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Bump when the generated rows change, so that kept list databases are filled again.
-FILL_VERSION = 2
+FILL_VERSION = 3
 FILL_SEED = 20240601
 HISTORY_DAYS = 90
 TX_EVENTS = 100  # events per ingest transaction in a filled log (a batch request's worth)
@@ -235,9 +235,9 @@ class FillPlan:
 class RowMaker:
     """The rows of a plan's days: contents drawn from a pool, each with its own id, time and position."""
 
-    def __init__(self, plan: FillPlan, scope_columns: list[str]):
+    def __init__(self, plan: FillPlan, numbers: dict[str, int]):
         self.plan = plan
-        self.scope_columns = scope_columns
+        self.numbers = numbers  # the interned numbers of the groups and types scope rows name
         rng = random.Random(plan.seed)
         maker = EventMaker(Tree.mint(rng), rng)
         self.pool = [Prepared.of(wire.parse_event(maker.body())) for _ in range(POOL_EVENTS)]
@@ -257,21 +257,28 @@ class RowMaker:
             event_id = uuid7_at(stored_ns, rng)
             tx = plan.tx_of(seq)
             event = item.event
+            numbers = self.numbers
             yield (
                 item.row(tx, seq, event_id, stored_ns),
                 (item.tenant, event.source, event_id, seq, stored_ns, event.fingerprint),
-                [(scope, tx, seq, stored_ns, event.type) for scope in item.scopes],
+                [
+                    (numbers[scope], tx, seq, stored_ns, numbers[event.type])
+                    for scope in item.scopes
+                ],
             )
 
 
-def scope_columns(url: str) -> list[str]:
-    """The columns of event_scopes a fill writes (`type` since 0002_scope_types.sql)."""
+def intern_tree(conn: psycopg.Connection[Any], tree: Tree, types: list[str]) -> None:
+    """Intern what the fill's scope rows name: the groups below the root, and the types."""
+    conn.execute(
+        "INSERT INTO interned (text) SELECT unnest(%s::text[]) ORDER BY 1 ON CONFLICT DO NOTHING",
+        (sorted({*tree.children, *tree.grandchildren, *types}),),
+    )
+
+
+def interned_numbers(url: str) -> dict[str, int]:
     with psycopg.connect(url) as conn:
-        typed = conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-            " AND table_name = 'event_scopes' AND column_name = 'type'"
-        ).fetchone()
-    return ["scope", "tx", "seq", "stored_ns"] + (["type"] if typed else [])
+        return {str(text): int(id_) for text, id_ in conn.execute("SELECT text, id FROM interned")}
 
 
 def load_day(conn: psycopg.Connection[Any], maker: RowMaker, index: int) -> int:
@@ -281,7 +288,6 @@ def load_day(conn: psycopg.Connection[Any], maker: RowMaker, index: int) -> int:
     scopes_part = sql.Identifier(partition_name("event_scopes", day))
     ids: list[tuple[Any, ...]] = []
     scopes: list[tuple[Any, ...]] = []
-    scope_columns = maker.scope_columns
     with conn.transaction(), conn.cursor() as cur:
         # Emptied in this transaction, so the rows can be written frozen (as VACUUM would leave them).
         cur.execute(sql.SQL("TRUNCATE {}, {}").format(events_part, scopes_part))
@@ -293,12 +299,12 @@ def load_day(conn: psycopg.Connection[Any], maker: RowMaker, index: int) -> int:
                 ids.append(id_row)
                 scopes.extend(scope_rows)
         with cur.copy(
-            sql.SQL("COPY {} ({}) FROM STDIN (FREEZE)").format(
-                scopes_part, sql.SQL(", ").join(map(sql.Identifier, scope_columns))
+            sql.SQL("COPY {} (scope, tx, seq, stored_ns, type) FROM STDIN (FREEZE)").format(
+                scopes_part
             )
         ) as copy:
             for scope_row in scopes:
-                copy.write_row(scope_row[: len(scope_columns)])
+                copy.write_row(scope_row)
         with cur.copy(
             "COPY event_ids (tenant, source, id, seq, stored_ns, fingerprint) FROM STDIN"
         ) as copy:
@@ -312,7 +318,7 @@ _FILLER: dict[str, Any] = {}
 
 def _filler_init(url: str, plan: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool
-    _FILLER["maker"] = RowMaker(FillPlan(**plan), scope_columns(url))
+    _FILLER["maker"] = RowMaker(FillPlan(**plan), interned_numbers(url))
     conn = psycopg.connect(url)
     conn.execute("SET synchronous_commit = off")
     conn.commit()
@@ -500,6 +506,7 @@ def fill(url: str, count: int, seed: int) -> FillPlan:
         with conn.cursor().copy("COPY groups (path, name, created_ns) FROM STDIN") as copy:
             for path in (tree.root, *tree.children, *tree.grandchildren):
                 copy.write_row((path, None, now))
+        intern_tree(conn, tree, plan.type_names())
         remake = drop_indexes(conn)
     began = time.perf_counter()
     context = multiprocessing.get_context("spawn")
@@ -1177,7 +1184,7 @@ def restore_day(database: ListDatabase, index: int) -> float:
     asyncio.run(_ensure_days(database.url, day, day))
     with psycopg.connect(database.url) as conn:
         conn.execute("SET synchronous_commit = off")
-        load_day(conn, RowMaker(plan, scope_columns(database.url)), index)
+        load_day(conn, RowMaker(plan, interned_numbers(database.url)), index)
         conn.commit()
     with psycopg.connect(database.url, autocommit=True) as conn:
         for table in ("events", "event_scopes"):

@@ -73,9 +73,11 @@ async def slow_ingest(storage: Storage, events: list[EventInput], hold_s: float)
         from tidings.storage.postgres_events import ingest
 
         url: str = storage.url  # type: ignore[attr-defined]
+        # The partitions made and the scope rows' groups and types interned, as the storage does.
+        numbers = await storage._ready_to_ingest(events, now)  # type: ignore[attr-defined]
         async with await AsyncConnection.connect(url) as conn:
             async with conn.transaction():
-                results = await ingest(conn, events, now)
+                results = await ingest(conn, events, now, numbers)
                 await asyncio.sleep(hold_s)
             return results
     from tidings.storage.sqlite_events import ingest as sqlite_ingest
@@ -297,7 +299,8 @@ async def test_no_page_passes_an_ingest_that_commits_while_the_page_is_read(
             older = await AsyncConnection.connect(url)
             try:
                 await older.execute("BEGIN")
-                [t] = await ingest(older, [wire.parse_event(event(root, id=f"t{cycle}"))], now)
+                # At the root: no scope rows, nothing to intern.
+                [t] = await ingest(older, [wire.parse_event(event(root, id=f"t{cycle}"))], now, {})
                 [w] = await storage.ingest([wire.parse_event(event(root, id=f"w{cycle}"))], now)
                 assert t.event.position < w.event.position
                 both = asyncio.Event()

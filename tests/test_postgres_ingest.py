@@ -18,7 +18,7 @@ from tidings.storage.postgres_events import ingest
 async def test_batches_holding_the_same_ids_in_opposite_orders_do_not_deadlock(
     postgres_server: str,
 ) -> None:
-    """T1 stores `a`; T2's batch [b, a] starts and waits for T1; T1 then stores `b` and
+    """Events at the root (no scope rows, so nothing to intern). T1 stores `a`; T2's batch [b, a] starts and waits for T1; T1 then stores `b` and
     commits. Were T2 to take `b` before waiting on `a`, T1 and T2 would wait for each other
     and PostgreSQL would fail one of them."""
     url = new_schema(postgres_server)
@@ -32,16 +32,16 @@ async def test_batches_holding_the_same_ids_in_opposite_orders_do_not_deadlock(
     try:
         a, b = (wire.parse_event(event(root, id=name)) for name in ("a", "b"))
         await first.execute("BEGIN")
-        await ingest(first, [a], now)
+        await ingest(first, [a], now, {})
 
         async def other_batch() -> list[bool]:
             async with second.transaction():
-                return [result.created for result in await ingest(second, [b, a], now)]
+                return [result.created for result in await ingest(second, [b, a], now, {})]
 
         waiting = asyncio.create_task(other_batch())
         await asyncio.sleep(0.5)  # T2 is now waiting for T1's `a`
         assert not waiting.done()
-        await ingest(first, [b], now)
+        await ingest(first, [b], now, {})
         await first.execute("COMMIT")
         assert await asyncio.wait_for(waiting, 10) == [False, False]
         stored = await storage.list_events(EventQuery(scope=root, limit=10))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections.abc import Iterable, Iterator
@@ -18,9 +19,16 @@ _ASCII_WORD_BYTES = frozenset((string.ascii_letters + string.digits + "_").encod
 _ASCII_SPACES = bytes(byte if byte in _ASCII_WORD_BYTES else 32 for byte in range(256))
 
 
-def visible_scopes(event: EventInput) -> list[str]:
+def visible_scopes(event: EventInput) -> tuple[str, ...]:
     """The groups below the root that see the event: its own ancestors and the allowed groups'."""
-    return scopes_of(event.group, event.allowed_groups)
+    if event.allowed_groups:
+        return tuple(scopes_of(event.group, event.allowed_groups))
+    return _own_scopes(event.group)
+
+
+@functools.lru_cache(maxsize=4096)
+def _own_scopes(group: str) -> tuple[str, ...]:
+    return tuple(scopes_of(group, ()))
 
 
 def scopes_of(group: str, allowed_groups: Iterable[str]) -> list[str]:

@@ -47,9 +47,11 @@ from tidings.storage.postgres_events import (
     begin_ingest,
     event_from_row,
     ingest,
+    scope_texts,
     unpack,
     with_horizon,
 )
+from tidings.storage.postgres_interned import Interned
 from tidings.storage.postgres_partitions import DAY_NS, day_of, drop_days_before, ensure_partitions
 from tidings.storage.rows import (
     EVENT_TYPE_COLUMNS,
@@ -88,6 +90,7 @@ class PostgresStorage(Storage):
             url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
         self._partition_days: set[int] = set()
+        self._interned = Interned()
         self._partition_lock = asyncio.Lock()
 
     async def _run(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
@@ -183,9 +186,17 @@ class PostgresStorage(Storage):
     # Events
 
     async def ingest(self, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
+        numbers = await self._ready_to_ingest(events, now_ns)
+        return await self._run_pipelined(lambda conn: ingest(conn, events, now_ns, numbers))
+
+    async def _ready_to_ingest(
+        self, events: Sequence[EventInput], now_ns: int
+    ) -> Mapping[str, int]:
+        """Make the partitions of `now_ns`'s day and intern what the events' scope rows name,
+        each in transactions of their own; return the interned numbers."""
         day = day_of(now_ns)
         await self._ensure_days(day, day)
-        return await self._run_pipelined(lambda conn: ingest(conn, events, now_ns))
+        return await self._interned.numbers(self._pool, scope_texts(events))
 
     async def _rows(
         self, query: str, params: Sequence[Any] | Mapping[str, Any]
@@ -401,12 +412,12 @@ class PostgresStorage(Storage):
     async def create_subscription(
         self, sub: Subscription, events: Sequence[EventInput], now_ns: int
     ) -> list[Ingested]:
-        await self._ensure_days(day_of(now_ns), day_of(now_ns))
+        numbers = await self._ready_to_ingest(events, now_ns)
 
         async def create(conn: AsyncConnection[Any]) -> list[Ingested]:
             await begin_ingest(conn)
             await deliveries.insert_subscription(conn, sub)
-            return await ingest(conn, events, now_ns)
+            return await ingest(conn, events, now_ns, numbers)
 
         return await self._run(create)
 
@@ -417,7 +428,7 @@ class PostgresStorage(Storage):
     async def delete_subscription(
         self, sub_id: str, events: Sequence[EventInput], now_ns: int
     ) -> list[Ingested] | None:
-        await self._ensure_days(day_of(now_ns), day_of(now_ns))
+        numbers = await self._ready_to_ingest(events, now_ns)
 
         async def delete(conn: AsyncConnection[Any]) -> list[Ingested] | None:
             await begin_ingest(conn)
@@ -426,7 +437,7 @@ class PostgresStorage(Storage):
             )
             if await cursor.fetchone() is None:
                 return None
-            return await ingest(conn, events, now_ns)
+            return await ingest(conn, events, now_ns, numbers)
 
         return await self._run(delete)
 

@@ -266,7 +266,8 @@ async def replay(conn: AsyncConnection[Any], sub: Subscription, since_ns: int, n
     else:
         cursor = await conn.execute(
             "SELECT e.seq, e.stored_ns, e.type, e.subject, e.roles_mask FROM event_scopes s"
-            f" JOIN events e ON {SQL.scope_join()} WHERE s.scope = %s AND s.stored_ns >= %s ORDER BY s.tx, s.seq",
+            f" JOIN events e ON {SQL.scope_join()} WHERE {SQL.scope_is('s')} AND s.stored_ns >= %s"
+            " ORDER BY s.tx, s.seq",
             (sub.group, since_ns),
         )
     found = await cursor.fetchall()

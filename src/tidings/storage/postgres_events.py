@@ -7,7 +7,7 @@ An event's position is its (tx, seq) pair packed into one integer (tx in the hig
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -19,6 +19,7 @@ from tidings.ids import uuid7s
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent, Subscription
 from tidings.storage import querying
 from tidings.storage.indexing import searchable_text, visible_scopes
+from tidings.storage.postgres_interned import number_of, numbers_of
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
     delivers_to,
@@ -124,13 +125,17 @@ class PostgresEventSQL(querying.EventSQL):
             )
         return f" AND {alias}.tx < {int(self.horizon)}{self.in_window(alias)}"
 
+    def scope_is(self, alias: str) -> str:
+        # Scope rows hold the group's interned number (see postgres_interned).
+        return f"{alias}.scope = {number_of()}"
+
     def scope_join(self) -> str:
         return "e.seq = s.seq AND e.stored_ns = s.stored_ns"
 
     def in_scope(self, scope: str) -> tuple[str, list[Any]]:
         # The whole key of event_scopes_order, and the partition key: one index probe.
         return (
-            "EXISTS (SELECT 1 FROM event_scopes s WHERE s.scope = %s AND s.tx = e.tx"
+            f"EXISTS (SELECT 1 FROM event_scopes s WHERE {self.scope_is('s')} AND s.tx = e.tx"
             " AND s.seq = e.seq AND s.stored_ns = e.stored_ns)",
             [scope],
         )
@@ -146,21 +151,11 @@ class PostgresEventSQL(querying.EventSQL):
         """
         if query.scope == groups.root_of(query.scope):
             return super().list_sql(query)
-        # The scope rows carry their event's type (0002_scope_types.sql): with one type, the
-        # page comes in order from (scope, type, tx, seq), however rare the type.
-        type_terms: list[str] = []
-        type_params: list[Any] = []
-        if query.types:
-            type_terms.append(f"s.type IN ({', '.join(['%s'] * len(query.types))})")
-            type_params.extend(query.types)
-        for prefix in query.type_prefixes:
-            type_terms.append("(s.type >= %s AND s.type < %s)")
-            type_params.extend(querying.prefix_range(prefix))
-        types = " AND (" + " OR ".join(type_terms) + ")" if type_terms else ""
+        types, type_params = _scope_types(query)
         source = (
             "FROM event_scopes s CROSS JOIN LATERAL"
             f" (SELECT * FROM events e WHERE {self.scope_join()}{self.in_window('e')} OFFSET 0) e"
-            f" WHERE s.scope = %s{types}{self.visible_now('s')}"
+            f" WHERE {self.scope_is('s')}{types}{self.visible_now('s')}"
         )
         order = self.position_columns("s")
         where, more = self.filters(query, order)
@@ -168,6 +163,27 @@ class PostgresEventSQL(querying.EventSQL):
         ordering = ", ".join(f"{column} {direction}" for column in order)
         sql = f"SELECT {', '.join(order)}, {querying.EVENT_COLUMNS} {source}{where} ORDER BY {ordering} LIMIT %s"
         return sql, [query.scope, *type_params, *more, query.limit]
+
+
+def _scope_types(query: EventQuery) -> tuple[str, list[Any]]:
+    """The condition on the scope rows `s` that keeps the query's types, and its parameters.
+
+    The scope rows carry their event's type (0002_scope_types.sql), by its interned number: with
+    one type, the page comes in order from (scope, type, tx, seq), however rare the type.
+    """
+    if len(query.types) == 1 and not query.type_prefixes:
+        return f" AND s.type = {number_of()}", list(query.types)
+    terms: list[str] = []
+    params: list[Any] = []
+    if query.types:
+        terms.append(f"text IN ({', '.join(['%s'] * len(query.types))})")
+        params.extend(query.types)
+    for prefix in query.type_prefixes:
+        terms.append("(text >= %s AND text < %s)")
+        params.extend(querying.prefix_range(prefix))
+    if not terms:
+        return "", []
+    return f" AND s.type = ANY({numbers_of(' OR '.join(terms))})", params
 
 
 SQL = PostgresEventSQL()
@@ -200,7 +216,7 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
 _INPUT_COLUMNS = (
     "ord int, tenant text, group_path text, id text, source text, type text, subject text,"
     " actor text, eventkey text, roles_mask int, time_ns bigint, payload text, fingerprint text,"
-    " scopes text[]"
+    " scopes int[], type_number int"
 )
 _WRITE_EVENTS = f"""
 WITH input AS MATERIALIZED (
@@ -229,7 +245,7 @@ WITH input AS MATERIALIZED (
     FROM kept
 ), scoped AS (
     INSERT INTO event_scopes (scope, tx, seq, stored_ns, type)
-    SELECT scope, pg_current_xact_id()::text::bigint, k.seq, %(now)s, k.type
+    SELECT scope, pg_current_xact_id()::text::bigint, k.seq, %(now)s, k.type_number
     FROM kept k CROSS JOIN LATERAL unnest(k.scopes) AS scope
 )
 SELECT ord, pg_current_xact_id()::text::bigint, seq FROM kept
@@ -239,8 +255,23 @@ SELECT ord, pg_current_xact_id()::text::bigint, seq FROM kept
 UNIT_SEPARATOR = "\x1f"
 
 
-def _input_row(ord_: int, event: EventInput, event_id: str, time_ns: int) -> dict[str, Any]:
-    """An event as a row of the batch's JSON (_INPUT_COLUMNS), without its long texts."""
+def scope_texts(events: Iterable[EventInput]) -> set[str]:
+    """The group paths and event types that the scope rows of `events` name."""
+    texts: set[str] = set()
+    for event in events:
+        scopes = visible_scopes(event)
+        if scopes:
+            texts.update(scopes)
+            texts.add(event.type)
+    return texts
+
+
+def _input_row(
+    ord_: int, event: EventInput, event_id: str, time_ns: int, numbers: Mapping[str, int]
+) -> dict[str, Any]:
+    """An event as a row of the batch's JSON (_INPUT_COLUMNS), without its long texts; its
+    scope rows' groups and type by their numbers (see postgres_interned)."""
+    scopes = visible_scopes(event)
     return {
         "ord": ord_,
         "tenant": groups.root_of(event.group),
@@ -255,7 +286,8 @@ def _input_row(ord_: int, event: EventInput, event_id: str, time_ns: int) -> dic
         "time_ns": time_ns,
         "payload": event.raw,
         "fingerprint": event.fingerprint,
-        "scopes": visible_scopes(event),
+        "scopes": [numbers[scope] for scope in scopes],
+        "type_number": numbers[event.type] if scopes else None,
     }
 
 
@@ -265,9 +297,14 @@ def _texts(values: Iterable[str]) -> str:
 
 
 async def ingest(
-    conn: AsyncConnection[Any], events: Sequence[EventInput], now_ns: int
+    conn: AsyncConnection[Any],
+    events: Sequence[EventInput],
+    now_ns: int,
+    numbers: Mapping[str, int],
 ) -> list[Ingested]:
     """Store events, their scopes and their deliveries in the caller's transaction (the outbox).
+
+    `numbers` holds the interned number of each of `scope_texts(events)`.
 
     In pipeline mode (as the storage runs it) the transaction waits for the database once for
     the events, and once more only for repeats.
@@ -291,7 +328,7 @@ async def ingest(
     for ord_, (event, event_id, _) in enumerate(unique):
         time = event.time or from_ns(now_ns)
         attributes_of.append(render_attributes(event, event_id, time, now_ns))
-        rows.append(_input_row(ord_, event, event_id, time.ns))
+        rows.append(_input_row(ord_, event, event_id, time.ns, numbers))
     scopes: set[str] = set()
     for event, _, _ in unique:
         scopes |= groups_above(event)
