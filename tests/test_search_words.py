@@ -7,7 +7,7 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.storage.indexing import WORD, words
+from tidings.storage.indexing import WORD, search_text, words
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127)))
@@ -26,3 +26,33 @@ def test_punctuation_separates_words_and_underscores_join_them() -> None:
     )
     assert words(string.punctuation.replace("_", "")) == ""
     assert words("\tÉtat  naïve-café\n") == "État naïve café"
+
+
+def test_the_body_gives_its_strings_and_numbers_depth_first_and_not_its_keys() -> None:
+    body = {
+        "name": "w1",
+        "tags": ["blue", {"size": 12, "ok": True, "none": None}, 2.5],
+        "owner": {"team": "core"},
+    }
+    assert search_text("dev.x.v1", "s/1", None, None, body) == "dev x v1 s 1 w1 blue 12 2 5 core"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+)
+
+
+@given(json_values)
+def test_the_body_walk_matches_a_recursive_one(body: object) -> None:
+    def walk(value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [text for item in value.values() for text in walk(item)]
+        if isinstance(value, list):
+            return [text for item in value for text in walk(item)]
+        if isinstance(value, bool) or value is None:
+            return []
+        return [str(value)]
+
+    expected = words(" ".join(["t", "", "", "", *walk(body)]))
+    assert search_text("t", None, None, None, body) == expected

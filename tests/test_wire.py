@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -209,6 +210,35 @@ def test_fingerprint_ignores_key_order_but_not_content() -> None:
     assert first.fingerprint == again.fingerprint
     assert first.fingerprint != other.fingerprint
     assert first.fingerprint != wire.parse_event(structured(subject="s")).fingerprint
+
+
+def test_fingerprint_is_the_hash_of_the_canonical_attributes_and_data() -> None:
+    """Stored fingerprints stay comparable across versions: SHA-256 of the sorted-key JSON of
+    [id, source, type, subject, time, group, audience, extensions, data]."""
+    body = structured(
+        id="e-1",
+        time="2024-06-01T12:00:00Z",
+        eventkey="k",
+        data={"actor": {"subject": "u"}, "body": {"x": [1, "é"]}},
+    )
+    event = wire.parse_event(body)
+    canonical = json.dumps(
+        [
+            "e-1",
+            body["source"],
+            body["type"],
+            body.get("subject"),
+            "2024-06-01T12:00:00Z",
+            body["group"],
+            event.audience,
+            {"eventkey": "k"},
+            body["data"],
+        ],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    assert event.fingerprint == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # --- extension attributes --------------------------------------------------

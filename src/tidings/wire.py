@@ -174,11 +174,10 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
         raise BadRequest("eventkey must be a string of 1 to 256 characters")
     _check_data(data)
     data_json = dumps(data)
-    fingerprint = hashlib.sha256(
-        dumps(
-            [event_id, source, event_type, subject, raw_time, group, audience, extensions, data]
-        ).encode()
-    ).hexdigest()
+    # The canonical JSON of [id, source, type, subject, time, group, audience, extensions, data],
+    # with the data's text spliced in rather than encoded twice.
+    head = dumps([event_id, source, event_type, subject, raw_time, group, audience, extensions])
+    fingerprint = hashlib.sha256(f"{head[:-1]},{data_json}]".encode()).hexdigest()
     assert source is not None
     assert event_type is not None
     return EventInput(
