@@ -293,7 +293,11 @@ def _input_row(
 
 def _texts(values: Iterable[str]) -> str:
     """A column of long texts as one text: each value ended by the unit separator."""
-    return "".join(value + UNIT_SEPARATOR for value in values)
+    listed = list(values)
+    joined = "".join(value + UNIT_SEPARATOR for value in listed)
+    if joined.count(UNIT_SEPARATOR) != len(listed):  # it would shift every later value
+        raise ValueError("a long text of the batch holds the unit separator")
+    return joined
 
 
 async def ingest(
