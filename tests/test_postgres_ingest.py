@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from psycopg import AsyncConnection
 
 from tests.conftest import event
@@ -12,7 +13,7 @@ from tests.databases import new_schema
 from tidings import groups, wire
 from tidings.model import EventQuery
 from tidings.storage import open_storage
-from tidings.storage.postgres_events import ingest
+from tidings.storage.postgres_events import _texts, ingest
 
 
 async def test_batches_holding_the_same_ids_in_opposite_orders_do_not_deadlock(
@@ -50,3 +51,11 @@ async def test_batches_holding_the_same_ids_in_opposite_orders_do_not_deadlock(
         await first.close()
         await second.close()
         await storage.close()
+
+
+def test_a_long_text_holding_the_unit_separator_is_refused_not_split() -> None:
+    """The batch's long texts travel separator-ended: one holding the separator would shift
+    every value after it onto the next event."""
+    assert _texts(["{}", ""]) == "{}\x1f\x1f"
+    with pytest.raises(ValueError, match="unit separator"):
+        _texts(["{}", "a\x1fb"])
