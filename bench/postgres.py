@@ -121,6 +121,7 @@ from tidings.model import EventInput, EventQuery, StoredEvent
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.postgres import PostgresStorage
 from tidings.storage.postgres_events import PostgresEventSQL, pack
+from tidings.storage.postgres_interned import ScopeNumbers
 from tidings.storage.postgres_partitions import DAY_NS, day_of, ensure_partitions, partition_name
 from tidings.timestamps import from_ns
 
@@ -938,7 +939,7 @@ def explain(database: ListDatabase, queries: list[ListQuery], seed: int) -> None
                 descending=descending,
                 limit=PAGE_SIZE + 1,
             )
-            text, values = dialect(conn).list_sql(event_query)
+            text, values = dialect(conn, event_query).list_sql(event_query)
             print(f"\n  EXPLAIN {query.name} ({'desc' if descending else 'asc'}): {text}")
             lines = [
                 line[0]
@@ -950,14 +951,21 @@ def explain(database: ListDatabase, queries: list[ListQuery], seed: int) -> None
                 print(f"    {line}")
 
 
-def dialect(conn: psycopg.Connection[Any]) -> PostgresEventSQL:
-    """The query dialect as the server builds it: with the ingest horizon read just before."""
+def dialect(conn: psycopg.Connection[Any], query: EventQuery) -> PostgresEventSQL:
+    """The query dialect as the server builds it: with the ingest horizon read just before, and
+    a subtree's group and types by their interned numbers."""
     row = conn.execute("SELECT ingest_horizon()").fetchone()
     assert row is not None
-    try:
-        return PostgresEventSQL(int(row[0]))  # type: ignore[call-arg]
-    except TypeError:  # a dialect that reads the horizon within the query
-        return PostgresEventSQL()
+    numbers = None
+    if query.scope != groups.root_of(query.scope):
+        found = dict(
+            conn.execute(
+                "SELECT text, id FROM interned WHERE text = ANY(%s)", ([query.scope, *query.types],)
+            ).fetchall()
+        )
+        types = tuple(found[t] for t in query.types if t in found) if query.types else None
+        numbers = ScopeNumbers(found.get(query.scope), types)
+    return PostgresEventSQL(int(row[0]), numbers=numbers)
 
 
 def figure_list(args: argparse.Namespace, database: ListDatabase, logs: Path) -> list[Row]:

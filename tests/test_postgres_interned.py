@@ -116,3 +116,31 @@ async def test_an_upgraded_database_lists_its_subtrees_by_interned_numbers(
     async with await AsyncConnection.connect(url) as conn:
         cursor = await conn.execute("SELECT text FROM interned ORDER BY text")
         assert [row[0] for row in await cursor.fetchall()] == sorted([team, TEST_TYPE, OTHER_TYPE])
+
+
+async def test_a_group_or_type_interned_by_another_process_is_found_at_once(
+    postgres_server: str,
+) -> None:
+    """A reader keeps the numbers it found, never the texts it did not: a group, an exact type
+    and a type prefix that were new a moment ago are listed as soon as another process stores
+    an event naming them."""
+    url = new_schema(postgres_server)
+    reader, writer = (PostgresStorage(url, min_size=1, max_size=2) for _ in range(2))
+    await reader.open()
+    await writer.open()
+    try:
+        root = groups.new_root()
+        team = groups.new_child(root)
+        queries = [
+            EventQuery(scope=team),
+            EventQuery(scope=team, types=(OTHER_TYPE,)),
+            EventQuery(scope=team, type_prefixes=("dev.example.widget.",)),
+        ]
+        for query in queries:
+            assert await reader.list_events(query) == []
+        await writer.ingest([wire.parse_event(event(team, type=OTHER_TYPE))], time.time_ns())
+        for query in queries:
+            assert [e.type for e in await reader.list_events(query)] == [OTHER_TYPE]
+    finally:
+        await reader.close()
+        await writer.close()

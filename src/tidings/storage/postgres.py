@@ -222,7 +222,9 @@ class PostgresStorage(Storage):
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
         return [
             event_from_row(row)
-            for row in await self._run(lambda conn: postgres_paging.list_page(conn, query))
+            for row in await self._run(
+                lambda conn: postgres_paging.list_page(conn, query, self._interned)
+            )
         ]
 
     async def count_events(self, query: EventQuery) -> int:

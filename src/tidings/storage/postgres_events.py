@@ -19,7 +19,7 @@ from tidings.ids import uuid7s
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent, Subscription
 from tidings.storage import querying
 from tidings.storage.indexing import searchable_text, visible_scopes
-from tidings.storage.postgres_interned import number_of, numbers_of
+from tidings.storage.postgres_interned import ScopeNumbers, number_of
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
     delivers_to,
@@ -80,16 +80,23 @@ class PostgresEventSQL(querying.EventSQL):
 
     `horizon` is the ingest horizon read just before a list (see `with_horizon`); finding by id
     needs none. `window`, whole days of stored time `[first_ns, end_ns)`, keeps a page to the
-    partitions of those days (see `postgres_paging`).
+    partitions of those days (see `postgres_paging`). `numbers`, the interned numbers of a
+    subtree query's group and types, are what its page names the scope rows by.
     """
 
     p = "%s"
     # No ORDER BY: with one, the planner walks the tenant's whole ingest order to find an id.
     find_order = ""
 
-    def __init__(self, horizon: int | None = None, window: tuple[int, int] | None = None):
+    def __init__(
+        self,
+        horizon: int | None = None,
+        window: tuple[int, int] | None = None,
+        numbers: ScopeNumbers | None = None,
+    ):
         self.horizon = horizon
         self.window = window
+        self.numbers = numbers
 
     def in_window(self, alias: str) -> str:
         """The window's bounds on `alias`, as numbers in the SQL: the planner then plans (and
@@ -151,39 +158,29 @@ class PostgresEventSQL(querying.EventSQL):
         """
         if query.scope == groups.root_of(query.scope):
             return super().list_sql(query)
-        types, type_params = _scope_types(query)
+        if self.numbers is None:
+            raise RuntimeError(
+                "a PostgreSQL subtree's page needs the interned numbers of its query"
+            )
+        # Numbers are written as literals, so the planner sees their statistics (see
+        # postgres_interned); NULL, a number never interned, matches no scope row. The scope
+        # rows carry their event's type (0002_scope_types.sql): with one type, the page comes
+        # in order from (scope, type, tx, seq), however rare the type.
+        scope, types = self.numbers.scope, self.numbers.types
+        condition = f"s.scope = {'NULL' if scope is None else int(scope)}"
+        if types is not None:
+            condition += f" AND s.type IN ({', '.join(str(int(t)) for t in types) or 'NULL'})"
         source = (
             "FROM event_scopes s CROSS JOIN LATERAL"
             f" (SELECT * FROM events e WHERE {self.scope_join()}{self.in_window('e')} OFFSET 0) e"
-            f" WHERE {self.scope_is('s')}{types}{self.visible_now('s')}"
+            f" WHERE {condition}{self.visible_now('s')}"
         )
         order = self.position_columns("s")
         where, more = self.filters(query, order)
         direction = "DESC" if query.descending else "ASC"
         ordering = ", ".join(f"{column} {direction}" for column in order)
         sql = f"SELECT {', '.join(order)}, {querying.EVENT_COLUMNS} {source}{where} ORDER BY {ordering} LIMIT %s"
-        return sql, [query.scope, *type_params, *more, query.limit]
-
-
-def _scope_types(query: EventQuery) -> tuple[str, list[Any]]:
-    """The condition on the scope rows `s` that keeps the query's types, and its parameters.
-
-    The scope rows carry their event's type (0002_scope_types.sql), by its interned number: with
-    one type, the page comes in order from (scope, type, tx, seq), however rare the type.
-    """
-    if len(query.types) == 1 and not query.type_prefixes:
-        return f" AND s.type = {number_of()}", list(query.types)
-    terms: list[str] = []
-    params: list[Any] = []
-    if query.types:
-        terms.append(f"text IN ({', '.join(['%s'] * len(query.types))})")
-        params.extend(query.types)
-    for prefix in query.type_prefixes:
-        terms.append("(text >= %s AND text < %s)")
-        params.extend(querying.prefix_range(prefix))
-    if not terms:
-        return "", []
-    return f" AND s.type = ANY({numbers_of(' OR '.join(terms))})", params
+        return sql, [*more, query.limit]
 
 
 SQL = PostgresEventSQL()

@@ -10,15 +10,25 @@ Interning inside the ingest statement would not be safe: an `ON CONFLICT DO NOTH
 meets a row committed by another process after the statement's snapshot skips it, and the
 statement cannot see it either.
 
-Readers do not need the numbers: their SQL looks a text's number up itself (`number_of`).
+A page of a subtree is planned with its group's and types' numbers written into its SQL
+(`ScopeNumbers`), so that the planner sees their statistics: looked up inside the query (an
+InitPlan), a frequent type in a big subtree was planned for the average one, and a page
+sorted thousands of scope rows, each looked up in its event's partition, to keep 100. Other
+readers (counts, stats, an event found by id, replay) look a text's number up inside their
+SQL (`number_of`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
+
+from tidings.model import EventQuery
+from tidings.storage.querying import prefix_range
 
 
 def number_of(placeholder: str = "%s") -> str:
@@ -26,9 +36,13 @@ def number_of(placeholder: str = "%s") -> str:
     return f"(SELECT id FROM interned WHERE text = {placeholder})"
 
 
-def numbers_of(condition: str) -> str:
-    """SQL for the array of the numbers of the interned texts `text` meeting `condition`."""
-    return f"ARRAY(SELECT id FROM interned WHERE {condition})"
+@dataclass(frozen=True, slots=True)
+class ScopeNumbers:
+    """A subtree query's group and types by their numbers. `scope` None: the group was never
+    interned, so no scope row names it; `types` None: no type filter, empty: no type matches."""
+
+    scope: int | None
+    types: tuple[int, ...] | None
 
 
 class Interned:
@@ -54,3 +68,24 @@ class Interned:
                 )
                 self._known.update((str(text), int(id_)) for text, id_ in await cursor.fetchall())
         return self._known
+
+    async def of_query(self, conn: AsyncConnection[Any], query: EventQuery) -> ScopeNumbers:
+        """The numbers of the query's group and types (and of the types its prefixes match)."""
+        missing = [text for text in (query.scope, *query.types) if text not in self._known]
+        if missing:
+            cursor = await conn.execute(
+                "SELECT text, id FROM interned WHERE text = ANY(%s::text[])", (missing,)
+            )
+            self._known.update((str(text), int(id_)) for text, id_ in await cursor.fetchall())
+        if not query.types and not query.type_prefixes:
+            return ScopeNumbers(self._known.get(query.scope), None)
+        types = {self._known[text] for text in query.types if text in self._known}
+        if query.type_prefixes:  # read each time: a type new to the database may match
+            ranges = [bound for prefix in query.type_prefixes for bound in prefix_range(prefix)]
+            cursor = await conn.execute(
+                "SELECT id FROM interned WHERE "
+                + " OR ".join(["(text >= %s AND text < %s)"] * len(query.type_prefixes)),
+                ranges,
+            )
+            types.update(int(row[0]) for row in await cursor.fetchall())
+        return ScopeNumbers(self._known.get(query.scope), tuple(sorted(types)))

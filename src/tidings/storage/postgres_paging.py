@@ -27,6 +27,7 @@ from psycopg import AsyncConnection
 from tidings import groups
 from tidings.model import EventQuery
 from tidings.storage.postgres_events import PostgresEventSQL, unpack
+from tidings.storage.postgres_interned import Interned
 from tidings.storage.postgres_partitions import DAY_NS
 
 FIRST_WINDOW_DAYS = 2
@@ -115,14 +116,19 @@ def _before(row: tuple[Any, ...], position: tuple[int, int], descending: bool) -
     return here > position if descending else here < position
 
 
-async def list_page(conn: AsyncConnection[Any], query: EventQuery) -> list[tuple[Any, ...]]:
+async def list_page(
+    conn: AsyncConnection[Any], query: EventQuery, interned: Interned
+) -> list[tuple[Any, ...]]:
     """The rows of a page (the position columns, then EVENT_COLUMNS), as `list_sql` over the
     whole table would give them."""
+    numbers = None
+    if query.scope != groups.root_of(query.scope):
+        numbers = await interned.of_query(conn, query)
     horizon, anchor_ns = await _horizon_and_anchor(conn, query)
     days = FIRST_WINDOW_DAYS
     for _ in range(2 if anchor_ns is not None else 0):  # two windows at most
         span = window(anchor_ns or 0, days, query.descending)
-        rows = await _rows(conn, PostgresEventSQL(horizon, span), query)
+        rows = await _rows(conn, PostgresEventSQL(horizon, span, numbers), query)
         nearest = await _nearest_outside(conn, query, span)
         if nearest is None:
             return rows
@@ -134,4 +140,4 @@ async def list_page(conn: AsyncConnection[Any], query: EventQuery) -> list[tuple
         days = max(days + 1, -(-days * query.limit * 3 // (2 * len(rows))))
         if days > MAX_WINDOW_DAYS:
             break
-    return await _rows(conn, PostgresEventSQL(horizon), query)
+    return await _rows(conn, PostgresEventSQL(horizon, numbers=numbers), query)
