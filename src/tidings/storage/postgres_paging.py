@@ -5,16 +5,19 @@ Events are partitioned by the day they were stored and paged in ingest order. Wi
 the stored time, a page plans, locks and opens an index scan on every partition (92 at 90 days
 of retention): most of a page's time at 10,000,000 events, and most of its cold reads. Stored
 time and ingest order nearly agree, so a page usually lies in the day of its cursor. The page is
-therefore first read from a window of whole days there, planned against those partitions
-only, and one more statement finds the first position past the cursor outside the window (an
-index probe per other partition, on a plan kept prepared). The window's rows before that
-position are exactly the first rows after the cursor in the whole table. When they are too few
-for the page (a rare filter), one more window, as wide as should hold a page, is tried (up to
-`MAX_WINDOW_DAYS`); otherwise (or when clocks disagreed) the whole table is read. No clock is trusted for correctness: the probe is what decides.
+therefore first read from a window of whole days there, planned against those partitions only,
+and one more statement, sent with it, finds the first position past the cursor outside the
+window among the tenant's events, or a subtree's scope rows (an index probe per other
+partition, on a plan kept prepared). The window's rows before that position are exactly the
+first rows after the cursor in the whole table. When they are too few for the page (a rare
+filter), one more window, as wide as should hold a page, is tried (up to `MAX_WINDOW_DAYS`);
+otherwise (or when clocks disagreed) the whole table is read. No clock is trusted for
+correctness: the probe is what decides.
 
 Both statements run after the ingest horizon was read, so every row below it has committed
-(see `with_horizon`); the probe ignores the horizon and the filters, which can only make it
-answer a nearer position, never miss a row.
+(see `with_horizon`); the probe ignores the horizon and the filters it cannot see (all but a
+subtree's group and one type), which can only make it answer a nearer position, never miss a
+row.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from psycopg import AsyncConnection
 from tidings import groups
 from tidings.model import EventQuery
 from tidings.storage.postgres_events import PostgresEventSQL, unpack
-from tidings.storage.postgres_interned import Interned
+from tidings.storage.postgres_interned import Interned, ScopeNumbers
 from tidings.storage.postgres_partitions import DAY_NS
 
 FIRST_WINDOW_DAYS = 2
@@ -40,21 +43,45 @@ _HORIZON_AND_ANCHOR = (
 )
 
 
-def _probe(descending: bool) -> str:
-    """The nearest position past a cursor among a tenant's rows outside a window of stored time."""
+# The rows a probe looks among: the tenant's events, or for a subtree its scope rows (with the
+# page's one type, if it has one). A subtree's probe ignores the same filters, but answers
+# where the next row of the subtree (and type) is: none, often, for a rare combination, and the
+# page is then the window's rows, instead of a read of every partition.
+_TENANT_ROWS = "events WHERE tenant = %(tenant)s"
+_SCOPE_ROWS = "event_scopes WHERE scope = %(scope)s"
+_SCOPE_TYPE_ROWS = "event_scopes WHERE scope = %(scope)s AND type = %(type)s"
+
+
+def _probe(rows: str, descending: bool) -> str:
+    """The nearest position past a cursor among `rows` outside a window of stored time."""
     past, order = ("<", "DESC") if descending else (">", "ASC")
     side = (
-        "(SELECT tx, seq FROM events WHERE tenant = %(tenant)s AND (tx, seq) {past} (%(tx)s, %(seq)s)"
+        "(SELECT tx, seq FROM {rows} AND (tx, seq) {past} (%(tx)s, %(seq)s)"
         " AND {bound} ORDER BY tx {order}, seq {order} LIMIT 1)"
     )
     sides = " UNION ALL ".join(
-        side.format(past=past, order=order, bound=bound)
+        side.format(rows=rows, past=past, order=order, bound=bound)
         for bound in ("stored_ns < %(first)s", "stored_ns >= %(end)s")
     )
     return f"SELECT tx, seq FROM ({sides}) o ORDER BY tx {order}, seq {order} LIMIT 1"
 
 
-_PROBES = {descending: _probe(descending) for descending in (False, True)}
+_PROBES = {
+    (rows, descending): _probe(rows, descending)
+    for rows in (_TENANT_ROWS, _SCOPE_ROWS, _SCOPE_TYPE_ROWS)
+    for descending in (False, True)
+}
+
+
+def _probed_rows(query: EventQuery, numbers: ScopeNumbers | None) -> tuple[str, dict[str, Any]]:
+    """What the probe of `query` looks among, and the parameters naming them."""
+    if numbers is None or numbers.scope is None:
+        return _TENANT_ROWS, {"tenant": groups.root_of(query.scope)}
+    if numbers.types is None:
+        return _SCOPE_ROWS, {"scope": numbers.scope}
+    if len(numbers.types) == 1:
+        return _SCOPE_TYPE_ROWS, {"scope": numbers.scope, "type": numbers.types[0]}
+    return _TENANT_ROWS, {"tenant": groups.root_of(query.scope)}
 
 
 def window(anchor_ns: int, days: int, descending: bool) -> tuple[int, int]:
@@ -81,27 +108,27 @@ async def _horizon_and_anchor(
     return int(row[0]), (None if row[1] is None else int(row[1]))
 
 
-async def _nearest_outside(
-    conn: AsyncConnection[Any], query: EventQuery, span: tuple[int, int]
-) -> tuple[int, int] | None:
-    """The nearest (tx, seq) past the cursor of the tenant's rows stored outside `span`."""
+async def _rows_and_nearest(
+    conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQuery, span: tuple[int, int]
+) -> tuple[list[tuple[Any, ...]], tuple[int, int] | None]:
+    """The window's rows, and the nearest (tx, seq) past the cursor of the probed rows stored
+    outside `span`: the two statements go out together (pipelined), one wait for both."""
     if query.after is not None:
         tx, seq = unpack(query.after)
     else:  # a first page: descending, from the newest
         tx, seq = _FAR, _FAR
-    cursor = await conn.execute(
-        _PROBES[query.descending],
-        {
-            "tenant": groups.root_of(query.scope),
-            "tx": tx,
-            "seq": seq,
-            "first": span[0],
-            "end": span[1],
-        },
-        prepare=True,
-    )
-    row = await cursor.fetchone()
-    return None if row is None else (int(row[0]), int(row[1]))
+    probed, params = _probed_rows(query, sql.numbers)
+    text, values = sql.list_sql(query)
+    async with conn.pipeline():
+        rows = await conn.execute(text, values)
+        nearest = await conn.execute(
+            _PROBES[probed, query.descending],
+            {**params, "tx": tx, "seq": seq, "first": span[0], "end": span[1]},
+            prepare=True,
+        )
+        found = [tuple(row) for row in await rows.fetchall()]
+        position = await nearest.fetchone()
+    return found, None if position is None else (int(position[0]), int(position[1]))
 
 
 async def _rows(conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQuery) -> list[Any]:
@@ -124,12 +151,15 @@ async def list_page(
     numbers = None
     if query.scope != groups.root_of(query.scope):
         numbers = await interned.of_query(conn, query)
+        if numbers.scope is None or numbers.types == ():
+            return []  # a group or types never interned: no scope row names them
     horizon, anchor_ns = await _horizon_and_anchor(conn, query)
     days = FIRST_WINDOW_DAYS
     for _ in range(2 if anchor_ns is not None else 0):  # two windows at most
         span = window(anchor_ns or 0, days, query.descending)
-        rows = await _rows(conn, PostgresEventSQL(horizon, span, numbers), query)
-        nearest = await _nearest_outside(conn, query, span)
+        rows, nearest = await _rows_and_nearest(
+            conn, PostgresEventSQL(horizon, span, numbers), query, span
+        )
         if nearest is None:
             return rows
         if len(rows) == query.limit and _before(rows[-1], nearest, query.descending):
