@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import psycopg
 import structlog
 from psycopg import AsyncConnection, errors
-from psycopg_pool import AsyncConnectionPool
 
 from tidings import groups
 from tidings.catalog import EventType
@@ -53,6 +52,7 @@ from tidings.storage.postgres_events import (
 )
 from tidings.storage.postgres_interned import Interned
 from tidings.storage.postgres_partitions import DAY_NS, day_of, drop_days_before, ensure_partitions
+from tidings.storage.postgres_pool import LastInFirstOutPool
 from tidings.storage.rows import (
     EVENT_TYPE_COLUMNS,
     SIGNING_KEY_COLUMNS,
@@ -86,7 +86,7 @@ class PostgresStorage(Storage):
         self.url = url
         # Autocommit: `_run` makes its transactions itself, and `_run_pipelined` sends its own
         # BEGIN and COMMIT along with its statements.
-        self._pool = AsyncConnectionPool(
+        self._pool = LastInFirstOutPool(
             url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
         self._partition_days: set[int] = set()
@@ -96,6 +96,12 @@ class PostgresStorage(Storage):
     async def _run(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run `work` in one transaction on a pooled connection."""
         async with self._pool.connection() as conn, conn.transaction():
+            return await work(conn)
+
+    async def _read(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """Run `work` on a pooled connection outside a transaction: each statement sees what
+        committed before it began (no BEGIN and COMMIT to wait for)."""
+        async with self._pool.connection() as conn:
             return await work(conn)
 
     async def _run_pipelined(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
@@ -222,7 +228,7 @@ class PostgresStorage(Storage):
     async def list_events(self, query: EventQuery) -> list[StoredEvent]:
         return [
             event_from_row(row)
-            for row in await self._run(
+            for row in await self._read(
                 lambda conn: postgres_paging.list_page(conn, query, self._interned)
             )
         ]
