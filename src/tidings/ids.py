@@ -28,15 +28,13 @@ class _Clock:
         self.last = 0
         self._lock = threading.Lock()
 
-    def take(self, count: int) -> list[int]:
-        """The next `count` values, ascending."""
-        values = []
+    def take(self, count: int) -> range:
+        """The next `count` values, ascending: from now (or just past the last value taken)."""
+        ms, rest = divmod(time.time_ns(), 1_000_000)
         with self._lock:
-            for _ in range(count):
-                ms, rest = divmod(time.time_ns(), 1_000_000)
-                self.last = max((ms << 12) | (rest * _SUBMS // 1_000_000), self.last + 1)
-                values.append(self.last)
-        return values
+            first = max((ms << 12) | (rest * _SUBMS // 1_000_000), self.last + 1)
+            self.last = first + count - 1
+        return range(first, first + count)
 
 
 _clock = _Clock()  # one per process
