@@ -152,12 +152,14 @@ async def list_page(
 ) -> list[tuple[Any, ...]]:
     """The rows of a page (the position columns, then EVENT_COLUMNS), as `list_sql` over the
     whole table would give them."""
+    horizon, anchor_ns = await _horizon_and_anchor(conn, query)
     numbers = None
     if query.scope != groups.root_of(query.scope):
+        # Looked up after the horizon: every event below it was committed after its group and
+        # type were interned, so none of them can be missed for a number not found here.
         numbers = await interned.of_query(conn, query)
         if numbers.scope is None or numbers.types == ():
             return []  # a group or types never interned: no scope row names them
-    horizon, anchor_ns = await _horizon_and_anchor(conn, query)
     typed = numbers is not None and numbers.types is not None
     days = FIRST_WINDOW_DAYS_TYPE_IN_SUBTREE if typed else FIRST_WINDOW_DAYS
     for _ in range(2 if anchor_ns is not None else 0):  # two windows at most
