@@ -144,3 +144,21 @@ async def test_a_group_or_type_interned_by_another_process_is_found_at_once(
     finally:
         await reader.close()
         await writer.close()
+
+
+async def test_a_process_that_meets_known_texts_uses_up_no_numbers(postgres_server: str) -> None:
+    """A restarted process knows no numbers: looking its texts up must not spend identity
+    values (an INSERT meeting a conflict would), or the numbers would run out with restarts."""
+    url = new_schema(postgres_server)
+    store = PostgresStorage(url, min_size=1, max_size=2)
+    await store.open()
+    try:
+        known = {f"group-{n}" for n in range(50)}
+        first = await Interned().numbers(store._pool, known)
+        for _ in range(3):  # as many restarts
+            again = await Interned().numbers(store._pool, known)
+            assert {text: again[text] for text in known} == {text: first[text] for text in known}
+        newer = await Interned().numbers(store._pool, {"group-new"})
+        assert newer["group-new"] == max(first[text] for text in known) + 1
+    finally:
+        await store.close()

@@ -58,25 +58,31 @@ class Interned:
         missing = sorted(text for text in texts if text not in self._known)
         if missing:
             async with pool.connection() as conn:  # autocommit: each statement commits
-                await conn.execute(
-                    "INSERT INTO interned (text) SELECT unnest(%s::text[]) ORDER BY 1"
-                    " ON CONFLICT (text) DO NOTHING",
-                    (missing,),
-                )
-                cursor = await conn.execute(
-                    "SELECT text, id FROM interned WHERE text = ANY(%s::text[])", (missing,)
-                )
-                self._known.update((str(text), int(id_)) for text, id_ in await cursor.fetchall())
+                await self._look_up(conn, missing)
+                # Only texts new to the database are inserted: an INSERT that meets a conflict
+                # still uses up a number of the identity.
+                new = [text for text in missing if text not in self._known]
+                if new:
+                    await conn.execute(
+                        "INSERT INTO interned (text) SELECT unnest(%s::text[]) ORDER BY 1"
+                        " ON CONFLICT (text) DO NOTHING",
+                        (new,),
+                    )
+                    await self._look_up(conn, new)
         return self._known
+
+    async def _look_up(self, conn: AsyncConnection[Any], texts: list[str]) -> None:
+        """Keep the numbers of those of `texts` the database has interned."""
+        cursor = await conn.execute(
+            "SELECT text, id FROM interned WHERE text = ANY(%s::text[])", (texts,)
+        )
+        self._known.update((str(text), int(id_)) for text, id_ in await cursor.fetchall())
 
     async def of_query(self, conn: AsyncConnection[Any], query: EventQuery) -> ScopeNumbers:
         """The numbers of the query's group and types (and of the types its prefixes match)."""
         missing = [text for text in (query.scope, *query.types) if text not in self._known]
         if missing:
-            cursor = await conn.execute(
-                "SELECT text, id FROM interned WHERE text = ANY(%s::text[])", (missing,)
-            )
-            self._known.update((str(text), int(id_)) for text, id_ in await cursor.fetchall())
+            await self._look_up(conn, missing)
         if not query.types and not query.type_prefixes:
             return ScopeNumbers(self._known.get(query.scope), None)
         types = {self._known[text] for text in query.types if text in self._known}
