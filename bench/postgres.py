@@ -6,7 +6,9 @@
 2. Batch ingest (100 events a request, c=8), in events/s, against bare psycopg
    `COPY` of the same `events` rows into a database migrated like tidings', in
    transactions of 100, from one connection and from as many connections as the
-   API has requests in flight; the faster of the two is the baseline.
+   API has requests in flight; the faster of the two is the baseline. Three rounds
+   (`--batch-rounds`), each measuring the bare rate just before tidings' in new
+   databases; the figure is the median round's ratio.
 3. `GET /v1/events` p50/p99 (a page of 100) over 1,000,000 and `--events`
    (10,000,000) stored events: no filter, a type, a child group's subtree, both.
    Each request starts at a random position (a cursor) in a random order. The
@@ -816,8 +818,46 @@ async def bare_copy(url: str, batches: list[list[tuple[Any, ...]]], connections:
             await conn.close()
 
 
+def _bare_rate(
+    args: argparse.Namespace, tree: Tree, rows: list[list[Any]], connections: int
+) -> float:
+    """Rows a second that bare COPY writes, from `connections` connections, into a new database."""
+    with scratch_database(args.postgres, "bare") as url:
+        asyncio.run(_prepare(url, tree, record_groups=True))
+        return sum(map(len, rows)) / asyncio.run(bare_copy(url, rows, connections))
+
+
+@dataclass
+class BatchRound:
+    """One round of figure 2: tidings' load, and the bare COPY rate measured just before it."""
+
+    bare: float
+    load: Load
+    postgres_cores: float
+    stored: int
+
+    @property
+    def rate(self) -> float:
+        return self.load.ok * BATCH_SIZE / self.load.seconds
+
+
+def _batch_round(
+    args: argparse.Namespace, tree: Tree, warm: list[bytes], bodies: list[bytes], bare: float
+) -> BatchRound:
+    """tidings' batch ingest of `bodies` (after `warm`) into a new database."""
+    with scratch_database(args.postgres, "batch") as url:
+        access = asyncio.run(_prepare(url, tree, record_groups=True))
+        with running_app(url) as server:
+            pg_before = postgres_cpu_seconds()
+            load = uvloop.run(_batch_load(server, access.producer, warm, bodies, args))
+            pg_cpu = postgres_cpu_seconds() - pg_before
+        return BatchRound(bare, load, pg_cpu / load.seconds, count_rows(url))
+
+
 def figure_batch(args: argparse.Namespace) -> Row:
-    """2. Batch ingest (100 a request) vs bare psycopg COPY of the same rows."""
+    """2. Batch ingest (100 a request) vs bare psycopg COPY of the same rows, in rounds that
+    each measure the bare rate just before tidings' (as figure 1 alternates its sides): the
+    bare rate moves by a tenth from run to run, so each ratio compares against its own."""
     rng = random.Random(args.seed + 1)
     tree = Tree.mint(rng)
     maker = EventMaker(tree, rng)
@@ -826,45 +866,46 @@ def figure_batch(args: argparse.Namespace) -> Row:
         [maker.body() for _ in range(BATCH_SIZE)] for _ in range(args.batch_events // BATCH_SIZE)
     ]
     rows = bare_rows(batches, time.time_ns())
-    bare: dict[int, float] = {}
-    for connections in (1, args.batch_concurrency):
-        with scratch_database(args.postgres, "bare") as url:
-            asyncio.run(_prepare(url, tree, record_groups=True))
-            bare[connections] = sum(map(len, rows)) / asyncio.run(bare_copy(url, rows, connections))
-    best = max(bare, key=lambda connections: bare[connections])
-    bare_rate = bare[best]
-
-    with scratch_database(args.postgres, "batch") as url:
-        access = asyncio.run(_prepare(url, tree, record_groups=True))
-        warm_bodies = [orjson.dumps(batch) for batch in warmup]
-        bodies = [orjson.dumps(batch) for batch in batches]
-        with running_app(url) as server:
-            pg_before = postgres_cpu_seconds()
-            load = uvloop.run(_batch_load(server, access.producer, warm_bodies, bodies, args))
-            pg_cpu = postgres_cpu_seconds() - pg_before
-        stored = count_rows(url)
-    rate = load.ok * BATCH_SIZE / load.seconds
-    ratio = rate / bare_rate
+    warm_bodies = [orjson.dumps(batch) for batch in warmup]
+    bodies = [orjson.dumps(batch) for batch in batches]
+    one_connection = _bare_rate(
+        args, tree, rows, 1
+    )  # never the faster so far; shown, and kept as a floor
+    rounds = []
+    for _ in range(args.batch_rounds):
+        bare = max(one_connection, _bare_rate(args, tree, rows, args.batch_concurrency))
+        rounds.append(_batch_round(args, tree, warm_bodies, bodies, bare))
+    ranked = sorted(rounds, key=lambda r: r.rate / r.bare)
+    median = ranked[len(ranked) // 2]
+    ratio = median.rate / median.bare
     expected = (len(warm_bodies) + len(bodies)) * BATCH_SIZE
+    errors = Counter[int]()
+    for r in rounds:
+        errors.update(r.load.errors)
     row = Row(
         f"2. POST {EVENTS_PATH}, batches of {BATCH_SIZE}, c={args.batch_concurrency}",
-        f"{rate:,.0f} ev/s",
-        f"{bare_rate:,.0f} ev/s (bare COPY, {best} conn)",
+        f"{median.rate:,.0f} ev/s",
+        f"{median.bare:,.0f} ev/s (bare COPY)",
         f"{ratio:.2f}",
         f">= {BATCH_TARGET:.2f}",
-        ratio >= BATCH_TARGET and not load.errors and stored == expected,
+        ratio >= BATCH_TARGET and not errors and all(r.stored == expected for r in rounds),
         [
-            f"tidings: {load.ok * BATCH_SIZE:,} events in {load.seconds:.1f} s, {load.usage()};"
-            f" all postgres processes {pg_cpu / load.seconds:.2f} cores (warm-up included)",
-            "bare COPY: "
-            + ", ".join(f"{bare[c]:,.0f} ev/s from {c} conn" for c in sorted(bare))
-            + f"; {sum(map(len, rows)):,} events rows in transactions of {BATCH_SIZE} (with the"
-            " events indexes, GIN included; no event_ids, event_scopes or outbox rows), synchronous_commit on",
-            f"{stored:,} events stored after the run, {expected:,} sent",
+            f"the median of {len(rounds)} rounds, each tidings' rate over the bare rate measured"
+            " just before it: "
+            + ", ".join(f"{r.rate:,.0f} / {r.bare:,.0f} = {r.rate / r.bare:.2f}" for r in rounds),
+            f"tidings (median round): {median.load.ok * BATCH_SIZE:,} events in"
+            f" {median.load.seconds:.1f} s, {median.load.usage()}; all postgres processes"
+            f" {median.postgres_cores:.2f} cores (warm-up included)",
+            f"bare COPY: from {args.batch_concurrency} conn in each round, from 1 conn"
+            f" {one_connection:,.0f} ev/s; {sum(map(len, rows)):,} events rows in transactions of"
+            f" {BATCH_SIZE} (with the events indexes, GIN included; no event_ids, event_scopes or"
+            " outbox rows), synchronous_commit on",
+            f"{', '.join(f'{r.stored:,}' for r in rounds)} events stored in the rounds,"
+            f" {expected:,} sent in each",
         ],
     )
-    if load.errors:
-        row.notes.append(f"non-2xx answers: {dict(load.errors)}")
+    if errors:
+        row.notes.append(f"non-2xx answers: {dict(errors)}")
     return row
 
 
@@ -1297,6 +1338,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, help="seconds of warm-up before each round")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of figure 1's sides")
     parser.add_argument("--batch-events", type=int, help="events figure 2 sends (and copies)")
+    parser.add_argument("--batch-rounds", type=int, help="figure 2's rounds (bare, then tidings)")
     parser.add_argument("--list-requests", type=int, help="timed requests per list query")
     parser.add_argument("--delivery-events", type=int, help="events of each delivery run (x5)")
     parser.add_argument(
@@ -1311,6 +1353,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "duration": 3.0,
         "warmup": 0.3,
         "batch_events": 10_000,
+        "batch_rounds": 1,
         "list_requests": 100,
         "delivery_events": 1_000,
         "events": 100_000,
@@ -1319,6 +1362,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "duration": 15.0,
         "warmup": 1.0,
         "batch_events": 100_000,
+        "batch_rounds": 3,
         "list_requests": 1_000,
         "delivery_events": 10_000,
         "events": 10_000_000,
