@@ -26,7 +26,7 @@ def visible_scopes(event: EventInput) -> tuple[str, ...]:
     return _own_scopes(event.group)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65_536)  # as many groups as groups.ancestors remembers
 def _own_scopes(group: str) -> tuple[str, ...]:
     return tuple(scopes_of(group, ()))
 

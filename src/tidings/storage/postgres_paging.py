@@ -78,12 +78,12 @@ _PROBES = {
 
 
 def _probed_rows(query: EventQuery, numbers: ScopeNumbers | None) -> tuple[str, dict[str, Any]]:
-    """What the probe of `query` looks among, and the parameters naming them."""
-    if numbers is None or numbers.scope is None:
-        return _TENANT_ROWS, {"tenant": groups.root_of(query.scope)}
-    if numbers.types is None:
+    """What the probe of `query` looks among, and the parameters naming them: a subtree's
+    scope rows (with its one type), else the tenant's events (a page at the root, or of
+    several types)."""
+    if numbers is not None and numbers.types is None:
         return _SCOPE_ROWS, {"scope": numbers.scope}
-    if len(numbers.types) == 1:
+    if numbers is not None and numbers.types is not None and len(numbers.types) == 1:
         return _SCOPE_TYPE_ROWS, {"scope": numbers.scope, "type": numbers.types[0]}
     return _TENANT_ROWS, {"tenant": groups.root_of(query.scope)}
 
