@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 
-from tidings.ids import uuid7, uuid7s
+from tidings.ids import MINTED_AHEAD_MS, minted_ms, uuid7, uuid7s
 
 
 def embedded_ms(value: str) -> int:
@@ -59,3 +59,35 @@ def test_ids_minted_on_two_threads_at_once_never_share_a_clock_value() -> None:
     assert len(set(clocks)) == 20_000
     for own in minted:
         assert own == sorted(own)
+
+
+def test_ids_minted_at_a_stored_time_name_its_millisecond_and_ascend() -> None:
+    at = 1_700_000_000_123_456_789
+    minted = uuid7s(500, at)
+    assert minted == sorted(minted)
+    assert {embedded_ms(value) for value in minted} == {at // 1_000_000}
+    assert {minted_ms(value) for value in minted} == {at // 1_000_000}
+    assert all(uuid.UUID(value).version == 7 for value in minted)
+
+
+def test_a_stored_time_just_before_the_last_one_mints_after_it_and_a_much_earlier_one_anew() -> (
+    None
+):
+    """Requests read their stored time before they mint, so the times come a little out of
+    order: ids still ascend, named at most MINTED_AHEAD_MS ahead; a time seconds back (a test's
+    clock) names itself."""
+    at = 1_700_000_100_000_000_000
+    [last] = uuid7s(1, at)
+    [behind] = uuid7s(1, at - 300_000_000)
+    assert behind > last
+    assert 0 < embedded_ms(behind) - (at - 300_000_000) // 1_000_000 <= MINTED_AHEAD_MS
+    [far_behind] = uuid7s(1, at - 60_000_000_000)
+    assert embedded_ms(far_behind) == (at - 60_000_000_000) // 1_000_000
+
+
+def test_only_ids_in_the_form_tidings_mints_name_a_millisecond() -> None:
+    [value] = uuid7s(1)
+    assert minted_ms(value) == embedded_ms(value)
+    assert minted_ms(value.upper()) is None
+    assert minted_ms(str(uuid.uuid4())) is None
+    assert minted_ms("order-42") is None

@@ -9,7 +9,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from tests.conftest import event
-from tests.databases import new_schema
+from tests.databases import new_schema, query
 from tidings import groups, wire
 from tidings.model import EventQuery
 from tidings.storage import open_storage
@@ -59,3 +59,23 @@ def test_a_long_text_holding_the_unit_separator_is_refused_not_split() -> None:
     assert _texts(["{}", ""]) == "{}\x1f\x1f"
     with pytest.raises(ValueError, match="unit separator"):
         _texts(["{}", "a\x1fb"])
+
+
+async def test_only_the_ids_producers_give_take_a_deduplication_row(postgres_server: str) -> None:
+    """An id tidings mints needs no `event_ids` row (see postgres_events._TWINS)."""
+    url = new_schema(postgres_server)
+    storage = open_storage(url)
+    await storage.open()
+    try:
+        root = groups.new_root()
+        given = [wire.parse_event(event(root, id=f"given-{n}")) for n in range(3)]
+        minted = [wire.parse_event(event(root)) for _ in range(2)]
+        await storage.ingest([*given, *minted], time.time_ns())
+        assert query(url, "SELECT id FROM event_ids ORDER BY id") == [
+            ("given-0",),
+            ("given-1",),
+            ("given-2",),
+        ]
+        assert len(await storage.list_events(EventQuery(scope=root, limit=10))) == 5
+    finally:
+        await storage.close()

@@ -6,11 +6,16 @@ order they were minted. Two ids in the same 1/4096 ms take the next value of tha
 clock: the embedded time runs ahead only past 4,096 ids a millisecond, and catches up as
 soon as the rate drops. The 62 bits of `rand_b` come from the system's CSPRNG, read once
 for a whole batch.
+
+Ingest mints its events' ids at their stored time (`at_ns`), not at the wall clock's: an
+id tidings minted names the millisecond its event was stored in, or one at most
+MINTED_AHEAD_MS after it (see `minted_ms`).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 
@@ -37,7 +42,31 @@ class _Clock:
         return range(first, first + count)
 
 
+class _StoredClock:
+    """The same steps at a given time (the stored time of a batch), ascending within one
+    millisecond; a time that goes back (another request's, a test's clock) starts anew."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self._lock = threading.Lock()
+
+    def take(self, count: int, at_ns: int) -> range:
+        ms, rest = divmod(at_ns, 1_000_000)
+        start = (ms << 12) | (rest * _SUBMS // 1_000_000)
+        with self._lock:
+            first = max(start, self.last + 1) if 0 <= self.last - start < _RUN_AHEAD else start
+            self.last = first + count - 1
+        return range(first, first + count)
+
+
+# How far (in clock steps: one second) ids minted at stored times close together may push
+# the embedded time ahead of the stored one; past that, the random bits alone keep ids apart.
+_RUN_AHEAD = 1000 * _SUBMS
+# An id minted at a stored time names a millisecond at most this far after it (the run
+# ahead, and a batch's own steps: 4,096 ids a millisecond).
+MINTED_AHEAD_MS = 2000
 _clock = _Clock()  # one per process
+_stored_clock = _StoredClock()
 
 
 def _format(value: int) -> str:
@@ -45,11 +74,13 @@ def _format(value: int) -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-def uuid7s(count: int) -> list[str]:
-    """`count` new UUIDv7 ids, ascending, in their canonical text form."""
+def uuid7s(count: int, at_ns: int | None = None) -> list[str]:
+    """`count` new UUIDv7 ids, ascending, in their canonical text form: minted now, or
+    naming the time `at_ns`."""
     entropy = os.urandom(8 * count)
     ids = []
-    for index, clock in enumerate(_clock.take(count)):
+    clocks = _clock.take(count) if at_ns is None else _stored_clock.take(count, at_ns)
+    for index, clock in enumerate(clocks):
         random_bits = int.from_bytes(entropy[8 * index : 8 * index + 8]) & _RAND_B
         value = ((clock >> 12) << 80) | _VERSION | ((clock & 0xFFF) << 64) | _VARIANT | random_bits
         ids.append(_format(value))
@@ -59,3 +90,16 @@ def uuid7s(count: int) -> list[str]:
 def uuid7() -> str:
     """A new UUIDv7 id in its canonical text form."""
     return uuid7s(1)[0]
+
+
+_UUID7 = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def minted_ms(event_id: str) -> int | None:
+    """The millisecond an id names if it has the form of the ids tidings mints, else None.
+
+    An event whose id tidings minted at its stored time was stored in that millisecond or at
+    most MINTED_AHEAD_MS before it."""
+    if _UUID7.fullmatch(event_id) is None:
+        return None
+    return int(event_id[:8] + event_id[9:13], 16)

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from tidings import groups
 from tidings.errors import Conflict
-from tidings.ids import uuid7s
+from tidings.ids import MINTED_AHEAD_MS, minted_ms, uuid7s
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent, Subscription
 from tidings.storage import querying
 from tidings.storage.indexing import searchable_text, visible_scopes
@@ -207,13 +207,14 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
 # texts escape control characters, and search words are letters and digits. PostgreSQL splits
 # such a text at memchr speed, while its JSON reader copies a string character by character:
 # this took the reading of a batch from 22 to 9 us of database CPU an event.
-# `event_ids` takes the (tenant, source, id) keys first; only the rows it took go on to
-# `events` and `event_scopes`. Sequence values are drawn in the batch's order; the keys are
-# taken in key order, so two batches holding the same ids wait for each other, never deadlock.
+# `event_ids` takes the (tenant, source, id) keys of the ids producers gave first; only the
+# rows it took go on to `events` and `event_scopes`. Sequence values are drawn in the batch's
+# order; the keys are taken in key order, so two batches holding the same ids wait for each
+# other, never deadlock. An id tidings mints takes no key (see _TWINS).
 _INPUT_COLUMNS = (
     "ord int, tenant text, group_path text, id text, source text, type text, subject text,"
     " actor text, eventkey text, roles_mask int, time_ns bigint, payload text, fingerprint text,"
-    " scopes int[], type_number int"
+    " scopes int[], type_number int, minted boolean"
 )
 _WRITE_EVENTS = f"""
 WITH input AS MATERIALIZED (
@@ -229,10 +230,11 @@ WITH input AS MATERIALIZED (
     ) r
 ), fresh AS (
     INSERT INTO event_ids (tenant, source, id, seq, stored_ns, fingerprint)
-    SELECT tenant, source, id, seq, %(now)s, fingerprint FROM input ORDER BY tenant, source, id
+    SELECT tenant, source, id, seq, %(now)s, fingerprint FROM input
+    WHERE NOT minted ORDER BY tenant, source, id
     ON CONFLICT DO NOTHING RETURNING seq
 ), kept AS MATERIALIZED (
-    SELECT i.* FROM input i JOIN fresh USING (seq)
+    SELECT * FROM input WHERE minted OR seq IN (SELECT seq FROM fresh)
 ), written AS (
     INSERT INTO events (tx, seq, tenant, group_path, id, source, type, subject, actor, eventkey,
         roles_mask, time_ns, stored_ns, attributes, data, search_text, payload)
@@ -247,6 +249,55 @@ WITH input AS MATERIALIZED (
 )
 SELECT ord, pg_current_xact_id()::text::bigint, seq FROM kept
 """
+
+# An id tidings mints needs no `event_ids` key: nobody can send it before its event is
+# stored, and a producer who sends it later sends a UUIDv7 naming the event's stored time
+# (tidings.ids). So the ids a batch gives in that form are looked for among the events stored
+# in the two seconds before the time each names (one probe of `events_id` each, in the
+# partitions of the batch's bounds, written into the SQL so that only those are planned);
+# one found without a key holds a minted id, and the batch is refused. One found with a key
+# is a repeat, as any other (`event_ids` answers it); one being stored by another
+# transaction cannot hold a minted id, so waiting for its key is enough.
+_TWINS = """
+SELECT k.ord FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::bigint[])
+    AS k(ord, tenant, source, id, named_ns)
+CROSS JOIN LATERAL (
+    SELECT 1 FROM events e WHERE e.tenant = k.tenant AND e.id = k.id AND e.source = k.source
+    AND e.stored_ns >= k.named_ns - {ahead_ns} AND e.stored_ns < k.named_ns + {ms_ns}
+    AND e.stored_ns >= {first_ns} AND e.stored_ns < {end_ns} LIMIT 1
+) AS twin
+WHERE NOT EXISTS (
+    SELECT 1 FROM event_ids i WHERE i.tenant = k.tenant AND i.source = k.source AND i.id = k.id
+)
+ORDER BY k.ord
+"""
+_MS_NS = 1_000_000
+
+
+async def _find_twins(
+    conn: AsyncConnection[Any], unique: Sequence[tuple[EventInput, str, tuple[str, str, str]]]
+) -> AsyncCursor[Any] | None:
+    """Send the probe of _TWINS for the ids of `unique` in the form tidings mints (None: none)."""
+    named = [
+        (ord_, key, ms)
+        for ord_, (event, _, key) in enumerate(unique)
+        if event.id is not None and (ms := minted_ms(event.id)) is not None
+    ]
+    if not named:
+        return None
+    times = [ms * _MS_NS for _, _, ms in named]
+    ahead_ns = MINTED_AHEAD_MS * _MS_NS
+    sql = _TWINS.format(
+        ahead_ns=ahead_ns, ms_ns=_MS_NS, first_ns=min(times) - ahead_ns, end_ns=max(times) + _MS_NS
+    )
+    return await conn.execute(
+        sql,
+        (
+            [ord_ for ord_, _, _ in named],
+            *([key[part] for _, key, _ in named] for part in range(3)),
+            times,
+        ),
+    )
 
 
 UNIT_SEPARATOR = "\x1f"
@@ -285,6 +336,7 @@ def _input_row(
         "fingerprint": event.fingerprint,
         "scopes": [numbers[scope] for scope in scopes],
         "type_number": numbers[event.type] if scopes else None,
+        "minted": event.id is None,
     }
 
 
@@ -312,7 +364,7 @@ async def ingest(
     """
     keyed: dict[tuple[str, str, str], int] = {}
     prepared: list[tuple[EventInput, str, tuple[str, str, str]]] = []
-    minted = iter(uuid7s(sum(1 for event in events if not event.id)))
+    minted = iter(uuid7s(sum(1 for event in events if not event.id), now_ns))
     for index, event in enumerate(events):
         event_id = event.id or next(minted)
         key = (groups.root_of(event.group), event.source, event_id)
@@ -336,6 +388,7 @@ async def ingest(
     # The advisory lock marks this transaction as an ingest for readers' horizon (see the
     # schema): it is taken before the first write gives the transaction its id.
     await begin_ingest(conn)
+    twins = await _find_twins(conn, unique)
     written = await conn.execute(
         _WRITE_EVENTS,
         {
@@ -353,6 +406,9 @@ async def ingest(
         " AND group_path IN (SELECT json_array_elements_text(%s::json))",
         (orjson.dumps(sorted(scopes)).decode(),),
     )
+    if twins is not None and (found := await twins.fetchall()):
+        event, event_id, key = unique[found[0][0]]
+        raise _other_content(event, event_id, key, prepared)
     kept = {ord_: (tx, seq) for ord_, tx, seq in await written.fetchall()}
     active = [subscription_from_row(row) for row in await subscriptions.fetchall()]
     stored = await _existing(
@@ -404,13 +460,20 @@ async def _existing(
     for event, event_id, key in items:
         fingerprint, stored = found[key]
         if fingerprint != event.fingerprint:
-            index = next(i for i, item in enumerate(prepared) if item[2] == key)
-            raise Conflict(
-                f"an event with source {event.source!r} and id {event_id!r} is stored with other content",
-                details=[{"index": index, "source": event.source, "id": event_id}],
-            )
+            raise _other_content(event, event_id, key, prepared)
         result[key] = stored
     return result
+
+
+def _other_content(
+    event: EventInput, event_id: str, key: tuple[str, str, str], prepared: list[Any]
+) -> Conflict:
+    """The answer to an event whose (source, id) is stored with other content."""
+    index = next(i for i, item in enumerate(prepared) if item[2] == key)
+    return Conflict(
+        f"an event with source {event.source!r} and id {event_id!r} is stored with other content",
+        details=[{"index": index, "source": event.source, "id": event_id}],
+    )
 
 
 async def _fan_out(

@@ -174,7 +174,7 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
     Their scope rows and text are indexed behind (sqlite_scopes, sqlite_search)."""
     results: list[Ingested] = []
     fan_out = FanOut(conn)
-    minted = iter(uuid7s(sum(1 for event in events if not event.id)))
+    minted = iter(uuid7s(sum(1 for event in events if not event.id), now_ns))
     for index, event in enumerate(events):
         tenant = groups.root_of(event.group)
         event_id = event.id or next(minted)
