@@ -221,6 +221,18 @@ class FillPlan:
         base, extra = divmod(self.count, self.days)
         return index * base + min(index, extra) + 1, base + (1 if index < extra else 0)
 
+    def stored_ns_of(self, seq: int) -> int:
+        """When the event of `seq` was stored (as `RowMaker.day` stores it)."""
+        base, extra = divmod(self.count, self.days)
+        longer = extra * (base + 1)  # the seqs of the first `extra` days, one event more each
+        index = (seq - 1) // (base + 1) if seq - 1 < longer else extra + (seq - 1 - longer) // base
+        first_seq, count = self.day_span(index)
+        return self.stored_ns_at(index, seq - first_seq, count)
+
+    def stored_ns_at(self, index: int, number: int, count: int) -> int:
+        """The stored time of the `number`-th of the `count` events of the `index`-th day."""
+        return (self.first_day + index) * DAY_NS + number * DAY_NS // count
+
     def tx_of(self, seq: int) -> int:
         return self.tx_base + (seq - 1) // TX_EVENTS
 
@@ -255,7 +267,7 @@ class RowMaker:
         rng = random.Random(f"{plan.seed}/{day}")
         for number in range(count):
             seq = first_seq + number
-            stored_ns = day * DAY_NS + number * DAY_NS // count
+            stored_ns = plan.stored_ns_at(index, number, count)
             item = self.pool[rng.randrange(POOL_EVENTS)]
             event_id = uuid7_at(stored_ns, rng)
             tx = plan.tx_of(seq)
@@ -935,7 +947,8 @@ async def _list_latencies(
             for number in range(args.list_warmup + args.list_requests):
                 params = {"limit": str(PAGE_SIZE), **query.params(rng)}
                 params["order"] = rng.choice(("asc", "desc"))
-                params["cursor"] = codec.encode(plan.position_of(rng.randint(1, plan.count)))
+                seq = rng.randint(1, plan.count)  # a cursor as tidings gives it
+                params["cursor"] = codec.encode(plan.position_of(seq), plan.stored_ns_of(seq))
                 began = time.perf_counter()
                 async with session.get(url, params=params, headers=headers) as response:
                     await response.read()

@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import TEST_TYPE, Tenant, auth, event, make_token
 from tests.databases import MakeDatabase
-from tidings import groups
+from tidings import groups, timestamps
 from tidings.api import create_app
 from tidings.config import Settings
+from tidings.cursors import CursorCodec
 
 BATCH = "application/cloudevents-batch+json"
 T0 = "2024-03-01T10:00:00Z"
@@ -341,11 +342,28 @@ def _cursor_after_first(client: TestClient, tenant: Tenant) -> str:
     return cursor
 
 
+def test_a_cursor_carries_its_events_stored_time_and_one_without_it_still_pages(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """Cursors of the earlier format (a position alone) stay valid."""
+    cursor = _cursor_after_first(client, tenant)
+    app: Any = client.app
+    codec: CursorCodec = app.state.tidings.cursors
+    decoded = codec.decode(cursor)
+    first = page(client, tenant.viewer, limit=1)["events"][0]
+    assert decoded.stored_ns == timestamps.parse(first["storedtime"]).ns
+    plain = codec.encode(decoded.position)
+    assert len(plain) == 40
+    assert ids(client, tenant.viewer, limit=5, cursor=plain) == ["e-1", "e-2"]
+    assert ids(client, tenant.viewer, limit=5, cursor=plain, order="desc") == []
+
+
 def test_cursor_with_any_character_changed_is_a_400(client: TestClient, tenant: Tenant) -> None:
     """Changing any one character of a cursor is refused."""
     cursor = _cursor_after_first(client, tenant)
-    # 30 bytes (version, 16-byte position, 13-byte MAC) make 40 base64 characters, none with spare bits.
-    assert len(cursor) == 40
+    # 39 bytes (version, 16-byte position, 8-byte stored time, 14-byte MAC) make 52 base64
+    # characters, none with spare bits.
+    assert len(cursor) == 52
     for index in range(len(cursor)):
         for replacement in ("A", "_"):
             if cursor[index] == replacement:

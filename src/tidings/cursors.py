@@ -1,16 +1,38 @@
-"""Opaque, tamper-evident cursors: a position signed with a key kept in the database."""
+"""Opaque, tamper-evident cursors: a position signed with a key kept in the database.
+
+A cursor of events also carries the stored time of the event it stands after (format 2): the
+PostgreSQL backend opens a page's window of days there instead of looking the event up in
+every partition. It is a hint, never trusted: the page's probe decides what the page holds.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from tidings.errors import BadRequest
 
-_VERSION = 1
+_POSITION_ONLY = 1
+_WITH_STORED_TIME = 2
 _POSITION_BYTES = 16  # PostgreSQL positions are (tx, seq) pairs packed in 128 bits
-_MAC_BYTES = 13  # 1 + 16 + 13 = 30 bytes: 40 base64 characters, none with spare bits
+_STORED_BYTES = 8
+# The signature's length per format: 1 + 16 + 13 = 30 bytes (40 base64 characters) and
+# 1 + 16 + 8 + 14 = 39 bytes (52), so that no character has spare bits to alter unseen.
+_MAC_BYTES = {_POSITION_ONLY: 13, _WITH_STORED_TIME: 14}
+_PAYLOAD_BYTES = {
+    _POSITION_ONLY: 1 + _POSITION_BYTES,
+    _WITH_STORED_TIME: 1 + _POSITION_BYTES + _STORED_BYTES,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """Where a page starts: after `position`, whose event was stored at `stored_ns` if known."""
+
+    position: int
+    stored_ns: int | None = None
 
 
 class CursorCodec:
@@ -20,24 +42,38 @@ class CursorCodec:
         self._key = key
 
     def _mac(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[: _MAC_BYTES[payload[0]]]
 
-    def encode(self, position: int) -> str:
-        """A cursor standing for `position`."""
+    def encode(self, position: int, stored_ns: int | None = None) -> str:
+        """A cursor standing for `position` (and the stored time of its event, if given)."""
         if position < 0:
             raise ValueError("positions are never negative")
-        payload = bytes([_VERSION]) + position.to_bytes(_POSITION_BYTES, "big")
+        payload = position.to_bytes(_POSITION_BYTES, "big")
+        if stored_ns is None:
+            payload = bytes([_POSITION_ONLY]) + payload
+        else:
+            payload = (
+                bytes([_WITH_STORED_TIME])
+                + payload
+                + stored_ns.to_bytes(_STORED_BYTES, "big", signed=True)
+            )
         return base64.urlsafe_b64encode(payload + self._mac(payload)).decode().rstrip("=")
 
-    def decode(self, cursor: str) -> int:
-        """The position a cursor stands for; BadRequest if it was not made here or was altered."""
+    def decode(self, cursor: str) -> Cursor:
+        """What a cursor stands for; BadRequest if it was not made here or was altered."""
         try:
             raw = base64.b64decode(cursor.encode(), altchars=b"-_", validate=True)
         except (ValueError, UnicodeEncodeError) as exc:
             raise BadRequest("cursor is not valid: pass next_cursor as it was given") from exc
-        payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
-        if len(payload) != 1 + _POSITION_BYTES or not hmac.compare_digest(mac, self._mac(payload)):
+        if not raw or raw[0] not in _PAYLOAD_BYTES:  # no format to check a signature by
+            raise BadRequest(
+                "cursor is not valid or from another version of tidings: pass next_cursor as it"
+                " was given"
+            )
+        payload, mac = raw[: _PAYLOAD_BYTES[raw[0]]], raw[_PAYLOAD_BYTES[raw[0]] :]
+        if len(mac) != _MAC_BYTES[raw[0]] or not hmac.compare_digest(mac, self._mac(payload)):
             raise BadRequest("cursor is not valid: pass next_cursor as it was given")
-        if payload[0] != _VERSION:
-            raise BadRequest("cursor is from another version of tidings")
-        return int.from_bytes(payload[1:], "big")
+        position = int.from_bytes(payload[1 : 1 + _POSITION_BYTES], "big")
+        if payload[0] == _POSITION_ONLY:
+            return Cursor(position)
+        return Cursor(position, int.from_bytes(payload[1 + _POSITION_BYTES :], "big", signed=True))

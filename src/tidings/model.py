@@ -80,6 +80,8 @@ class EventQuery:
     `scope` is the group whose subtree is searched; the caller has checked it
     lies within the token's group. `after` is a position from a cursor: in
     ascending order the page starts above it, in descending order below it.
+    `after_stored_ns`, when the cursor carries it, is when that position's event was stored:
+    a hint for where to look first, never trusted for what the page holds.
     """
 
     scope: str
@@ -95,6 +97,7 @@ class EventQuery:
     since_ns: int | None = None
     until_ns: int | None = None
     after: int | None = None
+    after_stored_ns: int | None = None
     descending: bool = False
     limit: int = 100
 

@@ -306,6 +306,12 @@ def render_attributes(
     return orjson.dumps(attributes).decode()
 
 
+def stored_ns(event: StoredEvent) -> int:
+    """When `event` was stored, to the microsecond its `storedtime` shows."""
+    stored: str = orjson.loads(event.attributes)[STORED_TIME]
+    return timestamps.parse(stored, STORED_TIME).ns
+
+
 def render_page(
     events: list[StoredEvent],
     has_more: bool,

@@ -13,6 +13,7 @@ from tidings import groups, timestamps, wire
 from tidings.api.auth import authenticate
 from tidings.api.body import read_limited
 from tidings.api.state import AppState, state_of
+from tidings.cursors import Cursor, CursorCodec
 from tidings.errors import (
     BadRequest,
     Conflict,
@@ -257,11 +258,18 @@ async def list_events(
     state = state_of(request)
     after = state.cursors.decode(cursor) if cursor is not None else None
     descending = order == "desc"
-    query = event_query(principal, filters, after=after, descending=descending, limit=limit + 1)
+    query = event_query(
+        principal,
+        filters,
+        after=None if after is None else after.position,
+        after_stored_ns=None if after is None else after.stored_ns,
+        descending=descending,
+        limit=limit + 1,
+    )
     found = await state.storage.list_events(query)
     has_more = len(found) > limit
     page = found[:limit]
-    next_cursor = _next_cursor(state.cursors.encode, page, has_more, descending, after)
+    next_cursor = _next_cursor(state.cursors, page, has_more, descending, after)
     total = await state.storage.count_events(query) if count else None
     return Response(wire.render_page(page, has_more, next_cursor, total), headers=_JSON_HEADERS)
 
@@ -302,13 +310,17 @@ async def event_stats(
 
 
 def _next_cursor(
-    encode: Any, page: list[StoredEvent], has_more: bool, descending: bool, after: int | None
+    codec: CursorCodec,
+    page: list[StoredEvent],
+    has_more: bool,
+    descending: bool,
+    after: Cursor | None,
 ) -> str | None:
     """Where the next page starts. Ascending, the last page still has one, to resume from later."""
     if page and (has_more or not descending):
-        return str(encode(page[-1].position))
+        return codec.encode(page[-1].position, wire.stored_ns(page[-1]))
     if not descending:
-        return str(encode(after or 0))
+        return codec.encode(0) if after is None else codec.encode(after.position, after.stored_ns)
     return None
 
 

@@ -325,7 +325,7 @@ async def list_deliveries(
     state = state_of(request)
     sub = await visible_subscription(state, principal, sub_id)
     principal.require("viewer", sub.group)
-    after = None if cursor is None else state.cursors.decode(cursor)
+    after = None if cursor is None else state.cursors.decode(cursor).position
     found = await state.storage.deliveries(
         sub.id, status, after, limit + 1, roles_mask(principal.roles)
     )

@@ -99,12 +99,15 @@ def window(anchor_ns: int, days: int, descending: bool) -> tuple[int, int]:
 async def _horizon_and_anchor(
     conn: AsyncConnection[Any], query: EventQuery
 ) -> tuple[int, int | None]:
-    """The ingest horizon, and the stored time to open windows at: the cursor's event's (None if
-    it has expired), now for a first page in descending order, None for one in ascending order."""
-    if query.after is None:
+    """The ingest horizon, and the stored time to open windows at: the cursor's event's (as the
+    cursor says, or looked up in every partition: None if it has expired), now for a first page
+    in descending order, None for one in ascending order."""
+    if query.after is None or query.after_stored_ns is not None:
         cursor = await conn.execute("SELECT ingest_horizon()")
         row = await cursor.fetchone()
         assert row is not None
+        if query.after is not None:
+            return int(row[0]), query.after_stored_ns  # the cursor's hint
         return int(row[0]), (time.time_ns() if query.descending else None)
     cursor = await conn.execute(_HORIZON_AND_ANCHOR, unpack(query.after), prepare=True)
     row = await cursor.fetchone()
