@@ -20,6 +20,7 @@ from tidings.model import EventInput, EventQuery, Ingested, StoredEvent, Subscri
 from tidings.storage import querying
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.postgres_interned import ScopeNumbers, number_of
+from tidings.storage.postgres_partitions import DAY_NS
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
     delivers_to,
@@ -253,18 +254,18 @@ SELECT ord, pg_current_xact_id()::text::bigint, seq FROM kept
 # An id tidings mints needs no `event_ids` key: nobody can send it before its event is
 # stored, and a producer who sends it later sends a UUIDv7 naming the event's stored time
 # (tidings.ids). So the ids a batch gives in that form are looked for among the events stored
-# in the two seconds before the time each names (one probe of `events_id` each, in the
-# partitions of the batch's bounds, written into the SQL so that only those are planned);
-# one found without a key holds a minted id, and the batch is refused. One found with a key
-# is a repeat, as any other (`event_ids` answers it); one being stored by another
-# transaction cannot hold a minted id, so waiting for its key is enough.
+# in the two seconds before the time each names (one probe of `events_id` each). The days
+# those seconds fall on are written into the SQL, so that only their partitions are planned
+# and locked (a batch of ids naming times far apart costs a partition per day named, not
+# every day between). One found without a key holds a minted id, and the batch is refused.
+# One found with a key is a repeat, as any other (`event_ids` answers it); one being stored
+# by another transaction cannot hold a minted id, so waiting for its key is enough.
 _TWINS = """
-SELECT k.ord FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::bigint[])
-    AS k(ord, tenant, source, id, named_ns)
+SELECT k.ord FROM unnest(%s::int[], %s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])
+    AS k(ord, tenant, source, id, first_ns, end_ns)
 CROSS JOIN LATERAL (
     SELECT 1 FROM events e WHERE e.tenant = k.tenant AND e.id = k.id AND e.source = k.source
-    AND e.stored_ns >= k.named_ns - {ahead_ns} AND e.stored_ns < k.named_ns + {ms_ns}
-    AND e.stored_ns >= {first_ns} AND e.stored_ns < {end_ns} LIMIT 1
+    AND e.stored_ns >= k.first_ns AND e.stored_ns < k.end_ns AND ({days}) LIMIT 1
 ) AS twin
 WHERE NOT EXISTS (
     SELECT 1 FROM event_ids i WHERE i.tenant = k.tenant AND i.source = k.source AND i.id = k.id
@@ -272,6 +273,33 @@ WHERE NOT EXISTS (
 ORDER BY k.ord
 """
 _MS_NS = 1_000_000
+_NS_LIMIT = 2**63  # stored times are bigints
+
+
+def twin_span(event_id: str) -> tuple[int, int] | None:
+    """The stored times `[first, end)` an event may have if tidings minted `event_id`: None if
+    it has another form or names a time no stored time reaches."""
+    named_ms = minted_ms(event_id)
+    if named_ms is None:
+        return None
+    first, end = (named_ms - MINTED_AHEAD_MS) * _MS_NS, (named_ms + 1) * _MS_NS
+    if first >= _NS_LIMIT:
+        return None
+    return max(first, -_NS_LIMIT), min(end, _NS_LIMIT - 1)
+
+
+def day_ranges(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The whole days that `spans` of stored time fall on, runs of days merged."""
+    days = sorted(
+        {day for first, end in spans for day in range(first // DAY_NS, (end - 1) // DAY_NS + 1)}
+    )
+    ranges: list[tuple[int, int]] = []
+    for day in days:
+        if ranges and ranges[-1][1] == day * DAY_NS:
+            ranges[-1] = (ranges[-1][0], (day + 1) * DAY_NS)
+        else:
+            ranges.append((day * DAY_NS, (day + 1) * DAY_NS))
+    return ranges
 
 
 async def _find_twins(
@@ -279,23 +307,23 @@ async def _find_twins(
 ) -> AsyncCursor[Any] | None:
     """Send the probe of _TWINS for the ids of `unique` in the form tidings mints (None: none)."""
     named = [
-        (ord_, key, ms)
+        (ord_, key, span)
         for ord_, (event, _, key) in enumerate(unique)
-        if event.id is not None and (ms := minted_ms(event.id)) is not None
+        if event.id is not None and (span := twin_span(event.id)) is not None
     ]
     if not named:
         return None
-    times = [ms * _MS_NS for _, _, ms in named]
-    ahead_ns = MINTED_AHEAD_MS * _MS_NS
-    sql = _TWINS.format(
-        ahead_ns=ahead_ns, ms_ns=_MS_NS, first_ns=min(times) - ahead_ns, end_ns=max(times) + _MS_NS
+    days = " OR ".join(
+        f"(e.stored_ns >= {max(first, -_NS_LIMIT)} AND e.stored_ns < {min(end, _NS_LIMIT - 1)})"
+        for first, end in day_ranges(span for _, _, span in named)
     )
     return await conn.execute(
-        sql,
+        _TWINS.format(days=days),
         (
             [ord_ for ord_, _, _ in named],
             *([key[part] for _, key, _ in named] for part in range(3)),
-            times,
+            [span[0] for _, _, span in named],
+            [span[1] for _, _, span in named],
         ),
     )
 
