@@ -123,7 +123,7 @@ from tidings.model import EventInput, EventQuery, StoredEvent
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.postgres import PostgresStorage
 from tidings.storage.postgres_events import PostgresEventSQL, pack
-from tidings.storage.postgres_interned import ScopeNumbers
+from tidings.storage.postgres_interned import Interned, ScopeNumbers
 from tidings.storage.postgres_partitions import DAY_NS, day_of, ensure_partitions, partition_name
 from tidings.timestamps import from_ns
 
@@ -880,9 +880,8 @@ def figure_batch(args: argparse.Namespace) -> Row:
     rows = bare_rows(batches, time.time_ns())
     warm_bodies = [orjson.dumps(batch) for batch in warmup]
     bodies = [orjson.dumps(batch) for batch in batches]
-    one_connection = _bare_rate(
-        args, tree, rows, 1
-    )  # never the faster so far; shown, and kept as a floor
+    # Never the faster so far; shown, and kept as a floor.
+    one_connection = _bare_rate(args, tree, rows, 1)
     rounds = []
     for _ in range(args.batch_rounds):
         bare = max(one_connection, _bare_rate(args, tree, rows, args.batch_concurrency))
@@ -993,7 +992,7 @@ def explain(database: ListDatabase, queries: list[ListQuery], seed: int) -> None
                 descending=descending,
                 limit=PAGE_SIZE + 1,
             )
-            text, values = dialect(conn, event_query).list_sql(event_query)
+            text, values = dialect(conn, database.url, event_query).list_sql(event_query)
             print(f"\n  EXPLAIN {query.name} ({'desc' if descending else 'asc'}): {text}")
             lines = [
                 line[0]
@@ -1005,21 +1004,20 @@ def explain(database: ListDatabase, queries: list[ListQuery], seed: int) -> None
                 print(f"    {line}")
 
 
-def dialect(conn: psycopg.Connection[Any], query: EventQuery) -> PostgresEventSQL:
+def dialect(conn: psycopg.Connection[Any], url: str, query: EventQuery) -> PostgresEventSQL:
     """The query dialect as the server builds it: with the ingest horizon read just before, and
-    a subtree's group and types by their interned numbers."""
+    a subtree's group and types by their interned numbers (looked up as the storage does)."""
     row = conn.execute("SELECT ingest_horizon()").fetchone()
     assert row is not None
     numbers = None
     if query.scope != groups.root_of(query.scope):
-        found = dict(
-            conn.execute(
-                "SELECT text, id FROM interned WHERE text = ANY(%s)", ([query.scope, *query.types],)
-            ).fetchall()
-        )
-        types = tuple(found[t] for t in query.types if t in found) if query.types else None
-        numbers = ScopeNumbers(found.get(query.scope), types)
+        numbers = asyncio.run(_scope_numbers(url, query))
     return PostgresEventSQL(int(row[0]), numbers=numbers)
+
+
+async def _scope_numbers(url: str, query: EventQuery) -> ScopeNumbers:
+    async with await AsyncConnection.connect(url) as conn:
+        return await Interned().of_query(conn, query)
 
 
 def figure_list(args: argparse.Namespace, database: ListDatabase, logs: Path) -> list[Row]:

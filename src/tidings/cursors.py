@@ -48,15 +48,10 @@ class CursorCodec:
         """A cursor standing for `position` (and the stored time of its event, if given)."""
         if position < 0:
             raise ValueError("positions are never negative")
-        payload = position.to_bytes(_POSITION_BYTES, "big")
-        if stored_ns is None:
-            payload = bytes([_POSITION_ONLY]) + payload
-        else:
-            payload = (
-                bytes([_WITH_STORED_TIME])
-                + payload
-                + stored_ns.to_bytes(_STORED_BYTES, "big", signed=True)
-            )
+        form = _POSITION_ONLY if stored_ns is None else _WITH_STORED_TIME
+        payload = bytes([form]) + position.to_bytes(_POSITION_BYTES, "big")
+        if stored_ns is not None:
+            payload += stored_ns.to_bytes(_STORED_BYTES, "big", signed=True)
         return base64.urlsafe_b64encode(payload + self._mac(payload)).decode().rstrip("=")
 
     def decode(self, cursor: str) -> Cursor:

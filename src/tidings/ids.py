@@ -27,46 +27,31 @@ _RAND_B = (1 << 62) - 1
 
 class _Clock:
     """Milliseconds << 12 | the fraction of the millisecond, never the same twice in a process
-    (ids are minted on the event loop and on SQLite's commit thread)."""
+    (ids are minted on the event loop and on SQLite's commit thread) while the times asked for
+    stay within `run_ahead` steps of the last value taken; a time further back starts anew."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_ahead: float) -> None:
         self.last = 0
-        self._lock = threading.Lock()
-
-    def take(self, count: int) -> range:
-        """The next `count` values, ascending: from now (or just past the last value taken)."""
-        ms, rest = divmod(time.time_ns(), 1_000_000)
-        with self._lock:
-            first = max((ms << 12) | (rest * _SUBMS // 1_000_000), self.last + 1)
-            self.last = first + count - 1
-        return range(first, first + count)
-
-
-class _StoredClock:
-    """The same steps at a given time (the stored time of a batch), ascending within one
-    millisecond; a time that goes back (another request's, a test's clock) starts anew."""
-
-    def __init__(self) -> None:
-        self.last = 0
+        self.run_ahead = run_ahead
         self._lock = threading.Lock()
 
     def take(self, count: int, at_ns: int) -> range:
+        """The next `count` values, ascending: from `at_ns` (or just past the last value taken)."""
         ms, rest = divmod(at_ns, 1_000_000)
         start = (ms << 12) | (rest * _SUBMS // 1_000_000)
         with self._lock:
-            first = max(start, self.last + 1) if 0 <= self.last - start < _RUN_AHEAD else start
+            first = max(start, self.last + 1) if self.last - start < self.run_ahead else start
             self.last = first + count - 1
         return range(first, first + count)
 
 
-# How far (in clock steps: one second) ids minted at stored times close together may push
-# the embedded time ahead of the stored one; past that, the random bits alone keep ids apart.
-_RUN_AHEAD = 1000 * _SUBMS
-# An id minted at a stored time names a millisecond at most this far after it (the run
-# ahead, and a batch's own steps: 4,096 ids a millisecond).
+# An id minted at a stored time names a millisecond at most this far after it: the stored
+# times of requests minting at once come a little out of order, and their ids run ahead of
+# them by up to a second (past that, the random bits alone keep ids apart), plus a batch's
+# own steps (4,096 ids a millisecond).
 MINTED_AHEAD_MS = 2000
-_clock = _Clock()  # one per process
-_stored_clock = _StoredClock()
+_clock = _Clock(run_ahead=float("inf"))  # the wall clock's, one per process
+_stored_clock = _Clock(run_ahead=1000 * _SUBMS)  # stored times'
 
 
 def _format(value: int) -> str:
@@ -79,7 +64,9 @@ def uuid7s(count: int, at_ns: int | None = None) -> list[str]:
     naming the time `at_ns`."""
     entropy = os.urandom(8 * count)
     ids = []
-    clocks = _clock.take(count) if at_ns is None else _stored_clock.take(count, at_ns)
+    clocks = (
+        _clock.take(count, time.time_ns()) if at_ns is None else _stored_clock.take(count, at_ns)
+    )
     for index, clock in enumerate(clocks):
         random_bits = int.from_bytes(entropy[8 * index : 8 * index + 8]) & _RAND_B
         value = ((clock >> 12) << 80) | _VERSION | ((clock & 0xFFF) << 64) | _VARIANT | random_bits

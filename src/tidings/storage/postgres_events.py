@@ -37,6 +37,9 @@ INGEST_LOCK = (
     7_160_946  # the shared advisory lock every ingest holds (see ingest_horizon() in the schema)
 )
 
+Key = tuple[str, str, str]  # (tenant, source, id)
+Item = tuple[EventInput, str, Key]  # an event of a batch, its id (given or minted), its key
+
 
 def pack(tx: int, seq: int) -> int:
     """One integer position from a (tx, seq) pair."""
@@ -283,27 +286,27 @@ def twin_span(event_id: str) -> tuple[int, int] | None:
     if named_ms is None:
         return None
     first, end = (named_ms - MINTED_AHEAD_MS) * _MS_NS, (named_ms + 1) * _MS_NS
-    if first >= _NS_LIMIT:
-        return None
-    return max(first, -_NS_LIMIT), min(end, _NS_LIMIT - 1)
+    return None if first >= _NS_LIMIT else (first, min(end, _NS_LIMIT - 1))
 
 
 def day_ranges(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The whole days that `spans` of stored time fall on, runs of days merged."""
+    """The whole days that `spans` of stored time fall on, runs of days merged (within the
+    stored times' range)."""
     days = sorted(
         {day for first, end in spans for day in range(first // DAY_NS, (end - 1) // DAY_NS + 1)}
     )
     ranges: list[tuple[int, int]] = []
     for day in days:
+        end = min((day + 1) * DAY_NS, _NS_LIMIT - 1)
         if ranges and ranges[-1][1] == day * DAY_NS:
-            ranges[-1] = (ranges[-1][0], (day + 1) * DAY_NS)
+            ranges[-1] = (ranges[-1][0], end)
         else:
-            ranges.append((day * DAY_NS, (day + 1) * DAY_NS))
+            ranges.append((day * DAY_NS, end))
     return ranges
 
 
 async def _find_twins(
-    conn: AsyncConnection[Any], unique: Sequence[tuple[EventInput, str, tuple[str, str, str]]]
+    conn: AsyncConnection[Any], unique: Sequence[Item]
 ) -> AsyncCursor[Any] | None:
     """Send the probe of _TWINS for the ids of `unique` in the form tidings mints (None: none)."""
     named = [
@@ -314,7 +317,7 @@ async def _find_twins(
     if not named:
         return None
     days = " OR ".join(
-        f"(e.stored_ns >= {max(first, -_NS_LIMIT)} AND e.stored_ns < {min(end, _NS_LIMIT - 1)})"
+        f"(e.stored_ns >= {first} AND e.stored_ns < {end})"
         for first, end in day_ranges(span for _, _, span in named)
     )
     return await conn.execute(
@@ -390,8 +393,8 @@ async def ingest(
     In pipeline mode (as the storage runs it) the transaction waits for the database once for
     the events, and once more only for repeats.
     """
-    keyed: dict[tuple[str, str, str], int] = {}
-    prepared: list[tuple[EventInput, str, tuple[str, str, str]]] = []
+    keyed: dict[Key, int] = {}
+    prepared: list[Item] = []
     minted = iter(uuid7s(sum(1 for event in events if not event.id), now_ns))
     for index, event in enumerate(events):
         event_id = event.id or next(minted)
@@ -443,7 +446,7 @@ async def ingest(
         conn, [item for ord_, item in enumerate(unique) if ord_ not in kept], prepared
     )
     fresh: list[tuple[EventInput, int]] = []
-    created: dict[tuple[str, str, str], int] = {}
+    created: dict[Key, int] = {}
     for ord_, (tx, seq) in sorted(kept.items()):
         event, event_id, key = unique[ord_]
         stored[key] = StoredEvent(
@@ -467,10 +470,8 @@ async def ingest(
 
 
 async def _existing(
-    conn: AsyncConnection[Any],
-    items: list[tuple[EventInput, str, tuple[str, str, str]]],
-    prepared: list[Any],
-) -> dict[tuple[str, str, str], StoredEvent]:
+    conn: AsyncConnection[Any], items: list[Item], prepared: list[Item]
+) -> dict[Key, StoredEvent]:
     """The stored events of repeats; Conflict if one was stored with other content."""
     if not items:
         return {}
@@ -493,9 +494,7 @@ async def _existing(
     return result
 
 
-def _other_content(
-    event: EventInput, event_id: str, key: tuple[str, str, str], prepared: list[Any]
-) -> Conflict:
+def _other_content(event: EventInput, event_id: str, key: Key, prepared: list[Item]) -> Conflict:
     """The answer to an event whose (source, id) is stored with other content."""
     index = next(i for i, item in enumerate(prepared) if item[2] == key)
     return Conflict(

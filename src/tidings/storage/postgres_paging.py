@@ -29,7 +29,7 @@ from psycopg import AsyncConnection
 
 from tidings import groups
 from tidings.model import EventQuery
-from tidings.storage.postgres_events import PostgresEventSQL, unpack
+from tidings.storage.postgres_events import PostgresEventSQL, unpack, with_horizon
 from tidings.storage.postgres_interned import Interned, ScopeNumbers
 from tidings.storage.postgres_partitions import DAY_NS
 
@@ -100,19 +100,18 @@ async def _horizon_and_anchor(
     conn: AsyncConnection[Any], query: EventQuery
 ) -> tuple[int, int | None]:
     """The ingest horizon, and the stored time to open windows at: the cursor's event's (as the
-    cursor says, or looked up in every partition: None if it has expired), now for a first page
-    in descending order, None for one in ascending order."""
-    if query.after is None or query.after_stored_ns is not None:
-        cursor = await conn.execute("SELECT ingest_horizon()")
+    cursor says, or looked up in every partition for a cursor that does not: None if it has
+    expired), now for a first page in descending order, None for one in ascending order."""
+    if query.after is not None and query.after_stored_ns is None:
+        cursor = await conn.execute(_HORIZON_AND_ANCHOR, unpack(query.after), prepare=True)
         row = await cursor.fetchone()
         assert row is not None
-        if query.after is not None:
-            return int(row[0]), query.after_stored_ns  # the cursor's hint
-        return int(row[0]), (time.time_ns() if query.descending else None)
-    cursor = await conn.execute(_HORIZON_AND_ANCHOR, unpack(query.after), prepare=True)
-    row = await cursor.fetchone()
-    assert row is not None
-    return int(row[0]), (None if row[1] is None else int(row[1]))
+        return int(row[0]), (None if row[1] is None else int(row[1]))
+    horizon = (await with_horizon(conn)).horizon
+    assert horizon is not None
+    if query.after is not None:
+        return horizon, query.after_stored_ns
+    return horizon, (time.time_ns() if query.descending else None)
 
 
 async def _rows_and_nearest(
