@@ -69,7 +69,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import report
 from tidings.catalog import chainguard_examples
 from tidings.delivery.request import webhook_request
-from tidings.model import StoredEvent
+from tidings.storage.sqlite_events import EVENT_COLUMNS, event_from_row
 
 TIDINGS = str(Path(sys.executable).parent / "tidings")
 SINKS = 5
@@ -477,24 +477,16 @@ def baseline_requests(database: Path, prefix: str) -> dict[str, list[tuple[dict[
     conn = sqlite3.connect(database)
     try:
         rows = conn.execute(
-            "SELECT s.sink, d.id, e.position, e.id, e.source, e.type, e.group_path, e.attributes,"
-            " e.data FROM deliveries d JOIN events e ON e.position = d.event_position"
+            f"SELECT s.sink, d.id, {EVENT_COLUMNS} FROM deliveries d"
+            " JOIN events e ON e.position = d.event_position"
             " JOIN subscriptions s ON s.id = d.subscription_id WHERE e.id LIKE ? ORDER BY d.id",
             (prefix + "-%",),
         ).fetchall()
     finally:
         conn.close()
     by_sink: dict[str, list[tuple[dict[str, str], bytes]]] = {}
-    for sink, delivery_id, position, event_id, source, type_, group, attributes, data in rows:
-        event = StoredEvent(
-            position=position,
-            id=event_id,
-            source=source,
-            type=type_,
-            group=group,
-            attributes=attributes,
-            data=data,
-        )
+    for sink, delivery_id, *columns in rows:
+        event = event_from_row(columns)
         request = webhook_request(event, token, f"dlv_{delivery_id}", None, now_s)
         by_sink.setdefault(sink, []).append(request)
     return by_sink

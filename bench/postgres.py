@@ -119,17 +119,23 @@ from tidings import groups, wire
 from tidings.api.app import CURSOR_KEY
 from tidings.cursors import CursorCodec
 from tidings.delivery.request import webhook_request
-from tidings.model import EventInput, EventQuery, StoredEvent
+from tidings.model import EventInput, EventQuery
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.postgres import PostgresStorage
-from tidings.storage.postgres_events import PostgresEventSQL, pack
+from tidings.storage.postgres_events import EVENT_COLUMNS, PostgresEventSQL, event_from_row, pack
 from tidings.storage.postgres_interned import Interned, ScopeNumbers
-from tidings.storage.postgres_partitions import DAY_NS, day_of, ensure_partitions, partition_name
+from tidings.storage.postgres_partitions import (
+    DAY_NS,
+    PARTITIONED,
+    day_of,
+    ensure_partitions,
+    partition_name,
+)
 from tidings.timestamps import from_ns
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Bump when the generated rows change, so that kept list databases are filled again.
-FILL_VERSION = 3
+FILL_VERSION = 5
 FILL_SEED = 20240601
 HISTORY_DAYS = 90
 TX_EVENTS = 100  # events per ingest transaction in a filled log (a batch request's worth)
@@ -143,7 +149,7 @@ EXPIRE_TARGET_S = 1.0
 
 _EVENT_COLUMNS = (
     "tx, seq, tenant, group_path, id, source, type, subject, actor, eventkey,"
-    " roles_mask, time_ns, stored_ns, attributes, data, search_text, payload"
+    " roles_mask, time_ns, time_digits, stored_ns, extras, data, search_text, payload"
 )
 _BARE_COLUMNS = _EVENT_COLUMNS.removeprefix("tx, ")  # tx: the column's default, the xact's id
 
@@ -169,6 +175,7 @@ class Prepared:
 
     event: EventInput
     tenant: str
+    extras: str
     search_text: str
     scopes: tuple[str, ...]
 
@@ -177,6 +184,7 @@ class Prepared:
         return cls(
             event,
             groups.root_of(event.group),
+            wire.attribute_extras(event),
             searchable_text(event),
             tuple(visible_scopes(event)),
         )
@@ -198,8 +206,9 @@ class Prepared:
             event.eventkey,
             event.roles_mask,
             time_.ns,
+            time_.digits,
             stored_ns,
-            wire.render_attributes(event, event_id, time_, stored_ns),
+            self.extras,
             event.data_json,
             self.search_text,
             event.raw,
@@ -454,7 +463,7 @@ def transaction_base(conn: psycopg.Connection[Any], needed: int) -> int:
 
 
 def drop_indexes(conn: psycopg.Connection[Any]) -> list[str]:
-    """Drop the indexes (and keys) of events, event_scopes and event_ids; the DDL making them again."""
+    """Drop the indexes (and keys) of the tables a fill loads; the DDL making them again."""
     rows = conn.execute(
         "SELECT c.relname, t.relname, pg_get_indexdef(i.indexrelid), con.conname,"
         " pg_get_constraintdef(con.oid) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
@@ -1064,23 +1073,14 @@ def pg_baseline_requests(url: str, prefix: str) -> dict[str, list[tuple[dict[str
     now_s = int(time.time())
     with psycopg.connect(url) as conn:
         rows = conn.execute(
-            "SELECT s.sink, d.id, e.tx, e.seq, e.id, e.source, e.type, e.group_path, e.attributes,"
-            " e.data FROM deliveries d JOIN events e ON e.seq = d.event_seq"
+            f"SELECT s.sink, d.id, {EVENT_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq"
             " AND e.stored_ns = d.event_stored_ns JOIN subscriptions s ON s.id = d.subscription_id"
             " WHERE e.id LIKE %s ORDER BY d.id",
             (prefix + "-%",),
         ).fetchall()
     by_sink: dict[str, list[tuple[dict[str, str], bytes]]] = {}
-    for sink, delivery_id, tx, seq, event_id, source, type_, group, attributes, data in rows:
-        event = StoredEvent(
-            position=pack(tx, seq),
-            id=event_id,
-            source=source,
-            type=type_,
-            group=group,
-            attributes=attributes,
-            data=data,
-        )
+    for sink, delivery_id, *columns in rows:
+        event = event_from_row(columns)
         request = webhook_request(event, token, f"dlv_{delivery_id}", None, now_s)
         by_sink.setdefault(sink, []).append(request)
     return by_sink
@@ -1247,7 +1247,7 @@ def restore_day(database: ListDatabase, index: int) -> float:
         load_day(conn, RowMaker(plan, interned_numbers(database.url)), index)
         conn.commit()
     with psycopg.connect(database.url, autocommit=True) as conn:
-        for table in ("events", "event_scopes"):
+        for table in PARTITIONED:
             conn.execute(
                 sql.SQL("VACUUM (ANALYZE) {}").format(sql.Identifier(partition_name(table, day)))
             )
@@ -1258,8 +1258,8 @@ def restore_day(database: ListDatabase, index: int) -> float:
 def count_partitions(url: str) -> int:
     with psycopg.connect(url) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pg_inherits"
-            " WHERE inhparent IN ('events'::regclass, 'event_scopes'::regclass)"
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = ANY(%s::regclass[])",
+            (list(PARTITIONED),),
         ).fetchone()
     return int(row[0]) if row else 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from tidings.storage.migrations import migration_files
 from tidings.storage.sqlite import SQLiteStorage
 
 BACKENDS = ("sqlite", "postgres")
@@ -106,6 +108,22 @@ class SchemaPool:
             # A test may have made the schema look unmigrated: put the record right.
             conn.execute("UPDATE schema_migrations SET name = replace(name, '-forgotten', '')")
         return url
+
+
+async def postgres_migrated_before(url: str, migration: str) -> None:
+    """The schema at `url` as an earlier version left it: every migration before the one whose
+    name starts with `migration`."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(
+            "CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_ns bigint NOT NULL)"
+        )
+        for name, script in migration_files("postgres"):
+            if name.startswith(migration):
+                break
+            await conn.execute(script.encode())
+            await conn.execute(
+                "INSERT INTO schema_migrations VALUES (%s, %s)", (name, time.time_ns())
+            )
 
 
 async def _migrate(url: str) -> None:

@@ -8,11 +8,10 @@ import time
 from psycopg import AsyncConnection
 
 from tests.conftest import TEST_TYPE, event
-from tests.databases import new_schema
+from tests.databases import new_schema, postgres_migrated_before
 from tidings import groups, wire
 from tidings.model import EventQuery
 from tidings.storage import open_storage
-from tidings.storage.migrations import migration_files
 from tidings.storage.postgres import PostgresStorage
 from tidings.storage.postgres_interned import Interned
 from tidings.storage.postgres_partitions import day_of, ensure_partitions
@@ -60,28 +59,13 @@ async def test_a_list_naming_a_group_or_type_never_interned_is_empty(postgres_se
         await storage.close()
 
 
-async def _migrated_before(url: str, migration: str) -> None:
-    """The schema at `url` as an earlier version left it: every migration before `migration`."""
-    async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (name text PRIMARY KEY, applied_ns bigint NOT NULL)"
-        )
-        for name, script in migration_files("postgres"):
-            if name.startswith(migration):
-                break
-            await conn.execute(script.encode())
-            await conn.execute(
-                "INSERT INTO schema_migrations VALUES (%s, %s)", (name, time.time_ns())
-            )
-
-
 async def test_an_upgraded_database_lists_its_subtrees_by_interned_numbers(
     postgres_server: str,
 ) -> None:
     """Scope rows written by the previous version (texts; one without its type, which that
     version's trigger fills in) are listed by group and type after the migration."""
     url = new_schema(postgres_server)
-    await _migrated_before(url, "0004")
+    await postgres_migrated_before(url, "0004")
     root = groups.new_root()
     team = groups.new_child(root)
     now = time.time_ns()

@@ -289,21 +289,53 @@ def render_attributes(
     event: EventInput, event_id: str, time: timestamps.Timestamp, stored_ns: int
 ) -> str:
     """The CloudEvents JSON of a new event's attributes (all but `data`)."""
+    return compose_attributes(
+        event_id=event_id,
+        source=event.source,
+        type_=event.type,
+        subject=event.subject,
+        time=time,
+        group=event.group,
+        extras=attribute_extras(event),
+        stored_ns=stored_ns,
+    )
+
+
+def attribute_extras(event: EventInput) -> str:
+    """The JSON object of the attributes that have no column of their own: the audience, then
+    the extensions in name order (never empty: every event has an audience)."""
+    return orjson.dumps(
+        {"audience": event.audience, **dict(sorted(event.extensions.items()))}
+    ).decode()
+
+
+def compose_attributes(
+    *,
+    event_id: str,
+    source: str,
+    type_: str,
+    subject: str | None,
+    time: timestamps.Timestamp,
+    group: str,
+    extras: str,
+    stored_ns: int,
+) -> str:
+    """The CloudEvents JSON of an event's attributes, from its parts as storage keeps them:
+    `extras` is `attribute_extras` of the event."""
     attributes: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": event_id,
-        "source": event.source,
-        "type": event.type,
+        "source": source,
+        "type": type_,
     }
-    if event.subject is not None:
-        attributes["subject"] = event.subject
+    if subject is not None:
+        attributes["subject"] = subject
     attributes["time"] = time.render()
     attributes["datacontenttype"] = JSON
-    attributes["group"] = event.group
-    attributes["audience"] = event.audience
-    attributes.update(sorted(event.extensions.items()))
-    attributes[STORED_TIME] = timestamps.from_ns(stored_ns).render()
-    return orjson.dumps(attributes).decode()
+    attributes["group"] = group
+    head = orjson.dumps(attributes).decode()
+    stored = timestamps.from_ns(stored_ns).render()
+    return f'{head[:-1]},{extras[1:-1]},"{STORED_TIME}":"{stored}"}}'
 
 
 def stored_ns(event: StoredEvent) -> int:

@@ -27,10 +27,15 @@ from tidings.storage.rows import (
     groups_above,
     subscription_from_row,
 )
-from tidings.timestamps import from_ns
-from tidings.wire import render_attributes
+from tidings.timestamps import Timestamp, from_ns
+from tidings.wire import attribute_extras, compose_attributes, render_attributes
 
-EVENT_COLUMNS = "e.tx, e.seq, " + querying.EVENT_COLUMNS
+# After the shared columns, what the attributes of an event stored without their text are
+# composed from (0006_slim_events.sql).
+EVENT_FIELDS = (
+    querying.EVENT_COLUMNS + ", e.subject, e.time_ns, e.time_digits, e.stored_ns, e.extras"
+)
+EVENT_COLUMNS = "e.tx, e.seq, " + EVENT_FIELDS
 LOW_BITS = 64
 WAKE_CHANNEL = "tidings_deliveries"
 INGEST_LOCK = (
@@ -68,14 +73,27 @@ async def begin_ingest(conn: AsyncConnection[Any]) -> None:
 
 def event_from_row(row: Sequence[Any]) -> StoredEvent:
     """A StoredEvent from a row of EVENT_COLUMNS."""
+    tx, seq, event_id, source, type_, group, attributes, data = row[:8]
+    if attributes is None:  # stored without its text: composed from the columns
+        subject, time_ns, time_digits, stored_ns, extras = row[8:13]
+        attributes = compose_attributes(
+            event_id=event_id,
+            source=source,
+            type_=type_,
+            subject=subject,
+            time=Timestamp(time_ns, time_digits),
+            group=group,
+            extras=extras,
+            stored_ns=stored_ns,
+        )
     return StoredEvent(
-        position=pack(row[0], row[1]),
-        id=row[2],
-        source=row[3],
-        type=row[4],
-        group=row[5],
-        attributes=row[6],
-        data=row[7],
+        position=pack(tx, seq),
+        id=event_id,
+        source=source,
+        type=type_,
+        group=group,
+        attributes=attributes,
+        data=data,
     )
 
 
@@ -89,6 +107,7 @@ class PostgresEventSQL(querying.EventSQL):
     """
 
     p = "%s"
+    event_columns = EVENT_FIELDS
     # No ORDER BY: with one, the planner walks the tenant's whole ingest order to find an id.
     find_order = ""
 
@@ -183,7 +202,7 @@ class PostgresEventSQL(querying.EventSQL):
         where, more = self.filters(query, order)
         direction = "DESC" if query.descending else "ASC"
         ordering = ", ".join(f"{column} {direction}" for column in order)
-        sql = f"SELECT {', '.join(order)}, {querying.EVENT_COLUMNS} {source}{where} ORDER BY {ordering} LIMIT %s"
+        sql = f"SELECT {', '.join(order)}, {self.event_columns} {source}{where} ORDER BY {ordering} LIMIT %s"
         return sql, [*more, query.limit]
 
 
@@ -206,7 +225,7 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
 
 # One statement writes a batch: its events come as one JSON array (json_to_recordset), so the
 # rows cost no Python per value (no COPY rows, no array dumpers) and no round trips of their own.
-# The long texts (attributes, data, search words) go beside it, each column as one text of its
+# The long texts (extra attributes, data, search words) go beside it, each column as one text of its
 # values, each value ended by the unit separator (U+001F), which none of them can hold: JSON
 # texts escape control characters, and search words are letters and digits. PostgreSQL splits
 # such a text at memchr speed, while its JSON reader copies a string character by character:
@@ -217,7 +236,8 @@ async def with_horizon(conn: AsyncConnection[Any]) -> PostgresEventSQL:
 # other, never deadlock. An id tidings mints takes no key (see _TWINS).
 _INPUT_COLUMNS = (
     "ord int, tenant text, group_path text, id text, source text, type text, subject text,"
-    " actor text, eventkey text, roles_mask int, time_ns bigint, payload text, fingerprint text,"
+    " actor text, eventkey text, roles_mask int, time_ns bigint, time_digits smallint, payload text,"
+    " fingerprint text,"
     " scopes int[], type_number int, minted boolean"
 )
 _WRITE_EVENTS = f"""
@@ -226,10 +246,10 @@ WITH input AS MATERIALIZED (
     FROM (
         SELECT * FROM json_to_recordset(%(rows)s::json) AS r({_INPUT_COLUMNS})
         JOIN ROWS FROM (
-            unnest(string_to_array(%(attributes)s, chr(31))),
+            unnest(string_to_array(%(extras)s, chr(31))),
             unnest(string_to_array(%(data)s, chr(31))),
             unnest(string_to_array(%(search_text)s, chr(31)))
-        ) WITH ORDINALITY AS t(attributes, data, search_text, n) ON t.n = r.ord + 1
+        ) WITH ORDINALITY AS t(extras, data, search_text, n) ON t.n = r.ord + 1
         ORDER BY ord
     ) r
 ), fresh AS (
@@ -241,10 +261,10 @@ WITH input AS MATERIALIZED (
     SELECT * FROM input WHERE minted OR seq IN (SELECT seq FROM fresh)
 ), written AS (
     INSERT INTO events (tx, seq, tenant, group_path, id, source, type, subject, actor, eventkey,
-        roles_mask, time_ns, stored_ns, attributes, data, search_text, payload)
+        roles_mask, time_ns, time_digits, stored_ns, extras, data, search_text, payload)
     SELECT pg_current_xact_id()::text::bigint, seq, tenant, group_path, id, source, type,
-        subject, actor, eventkey, roles_mask, time_ns, %(now)s,
-        attributes, data, search_text, payload
+        subject, actor, eventkey, roles_mask, time_ns, time_digits, %(now)s,
+        extras, data, search_text, payload
     FROM kept
 ), scoped AS (
     INSERT INTO event_scopes (scope, tx, seq, stored_ns, type)
@@ -346,7 +366,7 @@ def scope_texts(events: Iterable[EventInput]) -> set[str]:
 
 
 def _input_row(
-    ord_: int, event: EventInput, event_id: str, time_ns: int, numbers: Mapping[str, int]
+    ord_: int, event: EventInput, event_id: str, time: Timestamp, numbers: Mapping[str, int]
 ) -> dict[str, Any]:
     """An event as a row of the batch's JSON (_INPUT_COLUMNS), without its long texts; its
     scope rows' groups and type by their numbers (see postgres_interned)."""
@@ -362,7 +382,8 @@ def _input_row(
         "actor": event.actor,
         "eventkey": event.eventkey,
         "roles_mask": event.roles_mask,
-        "time_ns": time_ns,
+        "time_ns": time.ns,
+        "time_digits": time.digits,
         "payload": event.raw,
         "fingerprint": event.fingerprint,
         "scopes": [numbers[scope] for scope in scopes],
@@ -408,11 +429,13 @@ async def ingest(
         prepared.append((event, event_id, key))
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
     rows: list[dict[str, Any]] = []
+    extras_of: list[str] = []
     attributes_of: list[str] = []
     for ord_, (event, event_id, _) in enumerate(unique):
         time = event.time or from_ns(now_ns)
+        extras_of.append(attribute_extras(event))
         attributes_of.append(render_attributes(event, event_id, time, now_ns))
-        rows.append(_input_row(ord_, event, event_id, time.ns, numbers))
+        rows.append(_input_row(ord_, event, event_id, time, numbers))
     scopes: set[str] = set()
     for event, _, _ in unique:
         scopes |= groups_above(event)
@@ -424,7 +447,7 @@ async def ingest(
         _WRITE_EVENTS,
         {
             "rows": orjson.dumps(rows).decode(),
-            "attributes": _texts(attributes_of),
+            "extras": _texts(extras_of),
             "data": _texts(event.data_json for event, _, _ in unique),
             "search_text": _texts(searchable_text(event) for event, _, _ in unique),
             "now": now_ns,

@@ -48,6 +48,8 @@ class EventSQL:
     """Builds the SQL of event queries; subclasses set the dialect."""
 
     p = "?"
+    # What a row of an event holds after its position columns (a backend may read more).
+    event_columns = EVENT_COLUMNS
 
     def position_columns(self, alias: str) -> list[str]:
         """The columns of the ingest order, for a table alias (`e` or `s`)."""
@@ -109,11 +111,11 @@ class EventSQL:
         self, scope: str, event_id: str, source: str | None, viewer_roles: int, limit: int
     ) -> tuple[str, list[Any]]:
         """The SQL of the events visible from `scope` with a CloudEvents id (and source):
-        the position columns, then EVENT_COLUMNS."""
+        the position columns, then `event_columns`."""
         p = self.p
         tenant = groups.root_of(scope)
         columns = ", ".join(self.position_columns("e"))
-        sql = f"SELECT {columns}, {EVENT_COLUMNS} FROM events e WHERE e.tenant = {p} AND e.id = {p}"
+        sql = f"SELECT {columns}, {self.event_columns} FROM events e WHERE e.tenant = {p} AND e.id = {p}"
         params: list[Any] = [tenant, event_id]
         if scope != tenant:
             condition, more = self.in_scope(scope)
@@ -180,12 +182,12 @@ class EventSQL:
         return sql, params
 
     def list_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
-        """A page of events: the position columns, then EVENT_COLUMNS."""
+        """A page of events: the position columns, then `event_columns`."""
         source, params, order = self.scoped(query.scope)
         where, more = self.filters(query, order)
         direction = "DESC" if query.descending else "ASC"
         ordering = ", ".join(f"{column} {direction}" for column in order)
-        sql = f"SELECT {', '.join(order)}, {EVENT_COLUMNS} {source}{where} ORDER BY {ordering} LIMIT {self.p}"
+        sql = f"SELECT {', '.join(order)}, {self.event_columns} {source}{where} ORDER BY {ordering} LIMIT {self.p}"
         return sql, [*params, *more, query.limit]
 
     def count_sql(self, query: EventQuery) -> tuple[str, list[Any]]:
