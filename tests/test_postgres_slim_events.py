@@ -1,4 +1,5 @@
-"""PostgreSQL events rows without their attributes text (0006_slim_events.sql).
+"""PostgreSQL events rows kept slim: no attributes text (0006_slim_events.sql), and each
+search word once.
 
 A new row keeps only what no column holds (`extras`, `time_digits`): readers compose the
 attributes from the columns. Rows stored before the migration keep their attributes text,
@@ -18,7 +19,9 @@ from tests.conftest import event
 from tests.databases import new_schema, postgres_migrated_before
 from tidings import groups, wire
 from tidings.model import EventQuery, StoredEvent
+from tidings.storage.indexing import searchable_text
 from tidings.storage.postgres import PostgresStorage
+from tidings.storage.postgres_events import distinct_words
 from tidings.storage.postgres_partitions import DAY_NS, day_of, ensure_partitions
 
 
@@ -96,6 +99,29 @@ async def test_a_new_event_is_stored_without_its_attributes_text_and_read_back_w
     assert odd["allowedroles"] == "owner,viewer"
     assert list(odd)[-1] == "storedtime"
     assert by_id["no-time"]["time"] == by_id["no-time"]["storedtime"]
+
+
+def test_a_search_text_keeps_each_word_once_in_its_first_order() -> None:
+    assert distinct_words("a b a c b a") == "a b c"
+    assert distinct_words("") == ""
+    assert distinct_words("Walrus walrus") == "Walrus walrus"
+
+
+async def test_a_row_holds_each_search_word_once_and_is_found_by_every_one(
+    storage: PostgresStorage,
+) -> None:
+    root = groups.new_root()
+    team = groups.new_child(root)
+    body = {"path": f"{team}/x", "again": team, "note": "heron heron egret"}
+    await storage.ingest([wire.parse_event(with_body(team, "e", body))], time.time_ns())
+    ((text,),) = await rows(storage, "SELECT search_text FROM events")
+    assert isinstance(text, str)
+    words = text.split(" ")
+    assert len(words) == len(set(words))
+    assert set(words) == set(searchable_text(wire.parse_event(with_body(team, "e", body))).split())
+    for word in ("heron", "egr", root, team.split("/")[1]):
+        found = await storage.list_events(EventQuery(scope=root, text=word))
+        assert [e.id for e in found] == ["e"], word
 
 
 async def test_rows_stored_before_the_migration_keep_their_attributes_text(

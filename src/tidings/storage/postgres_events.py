@@ -392,6 +392,13 @@ def _input_row(
     }
 
 
+def distinct_words(text: str) -> str:
+    """The words of a search text, each once, in their first order. A search matches words
+    (`&` of prefixes, never a phrase), and a tsvector keeps each word once anyway: the row need
+    not hold repeats (a group's path and a time often recur in an event's body)."""
+    return " ".join(dict.fromkeys(text.split(" ")))
+
+
 def _texts(values: Iterable[str]) -> str:
     """A column of long texts as one text: each value ended by the unit separator."""
     listed = list(values)
@@ -449,7 +456,7 @@ async def ingest(
             "rows": orjson.dumps(rows).decode(),
             "extras": _texts(extras_of),
             "data": _texts(event.data_json for event, _, _ in unique),
-            "search_text": _texts(searchable_text(event) for event, _, _ in unique),
+            "search_text": _texts(distinct_words(searchable_text(event)) for event, _, _ in unique),
             "now": now_ns,
         },
     )
