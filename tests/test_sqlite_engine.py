@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tidings.storage import sqlite_engine
 from tidings.storage.sqlite_engine import SQLiteEngine
 
 
@@ -163,3 +164,42 @@ async def test_writes_go_on_after_a_drain_is_cancelled(engine: SQLiteEngine) -> 
         assert _names(engine) == ["later", "lost"]
     finally:
         await engine.stop()
+
+
+class _LockedAtFirst:
+    """A connection whose switch to WAL reports the database locked `times` times, as it can
+    while other connections open a new file at the same moment (a race no test reaches at will)."""
+
+    def __init__(self, conn: sqlite3.Connection, times: int, message: str = "database is locked"):
+        self.conn = conn
+        self.times = times
+        self.message = message
+        self.tries = 0
+
+    def execute(self, sql: str) -> sqlite3.Cursor:
+        if sql == "PRAGMA journal_mode = WAL":
+            self.tries += 1
+            if self.tries <= self.times:
+                raise sqlite3.OperationalError(self.message)
+        return self.conn.execute(sql)
+
+
+def test_the_switch_to_wal_is_tried_again_while_the_database_is_locked(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
+    locked = _LockedAtFirst(conn, times=3)
+    sqlite_engine._enter_wal(locked)  # type: ignore[arg-type]
+    assert locked.tries == 4
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_the_switch_to_wal_gives_up_after_the_busy_timeout_and_on_other_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = sqlite3.connect(tmp_path / "new.db", isolation_level=None)
+    monkeypatch.setattr(sqlite_engine, "_BUSY_TIMEOUT_S", 0.05)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        sqlite_engine._enter_wal(_LockedAtFirst(conn, times=10**6))  # type: ignore[arg-type]
+    broken = _LockedAtFirst(conn, times=1, message="disk I/O error")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        sqlite_engine._enter_wal(broken)  # type: ignore[arg-type]
+    assert broken.tries == 1

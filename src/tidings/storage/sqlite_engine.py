@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -42,14 +43,16 @@ GROUP_SIZE = 500
 _CHECKPOINT_EVERY_S = 0.25
 _STOP_WAIT_S = 30.0  # writes of another event loop, finishing
 _BACKSTOP_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages
+_BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another connection's lock
+_WAL_RETRY_S = 0.01
 
 
 def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
     """An SQLite connection in WAL mode, in autocommit (explicit transactions only)."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 10000")
+    conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
     if not readonly:
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(conn)
     conn.execute(f"PRAGMA synchronous = {synchronous}")
     conn.execute("PRAGMA foreign_keys = ON")
     # Ingest touches a page of each of a dozen indexes per event, and lists and stats read
@@ -60,6 +63,22 @@ def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sql
         # Memory-mapped reads keep long scans out of copying.
         conn.execute("PRAGMA mmap_size = 1073741824")
     return conn
+
+
+def _enter_wal(conn: sqlite3.Connection) -> None:
+    """Put the database in WAL mode (a no-op once it is). While other connections are opening a
+    new file at the same moment, the switch can report the database locked without waiting for
+    the busy timeout (the lock it needs is not taken through the busy handler): it is tried
+    again until the timeout has passed."""
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_S)
 
 
 class _Job:
