@@ -16,7 +16,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from tests.conftest import event
-from tests.databases import new_schema, postgres_migrated_before
+from tests.databases import new_schema, postgres_migrated_before, query
 from tidings import groups, wire
 from tidings.model import EventQuery, StoredEvent
 from tidings.storage.indexing import searchable_text
@@ -33,12 +33,6 @@ async def storage(postgres_server: str) -> AsyncIterator[PostgresStorage]:
         yield opened
     finally:
         await opened.close()
-
-
-async def rows(storage: PostgresStorage, sql: str) -> list[tuple[object, ...]]:
-    async with await AsyncConnection.connect(storage.url) as conn:
-        cursor = await conn.execute(sql)
-        return [tuple(row) for row in await cursor.fetchall()]
 
 
 def with_body(group: str, event_id: str, body: dict[str, str]) -> dict[str, object]:
@@ -75,7 +69,7 @@ async def test_a_new_event_is_stored_without_its_attributes_text_and_read_back_w
     ingested = await storage.ingest([wire.parse_event(body) for body in bodies], time.time_ns())
     answered = {result.event.id: result.event for result in ingested}
 
-    stored = await rows(storage, "SELECT attributes, extras, time_digits FROM events ORDER BY seq")
+    stored = query(storage.url, "SELECT attributes, extras, time_digits FROM events ORDER BY seq")
     assert len(stored) == len(bodies)
     assert all(
         attributes is None and extras and digits is not None
@@ -114,7 +108,7 @@ async def test_a_row_holds_each_search_word_once_and_is_found_by_every_one(
     team = groups.new_child(root)
     body = {"path": f"{team}/x", "again": team, "note": "heron heron egret"}
     await storage.ingest([wire.parse_event(with_body(team, "e", body))], time.time_ns())
-    ((text,),) = await rows(storage, "SELECT search_text FROM events")
+    ((text,),) = query(storage.url, "SELECT search_text FROM events")
     assert isinstance(text, str)
     words = text.split(" ")
     assert len(words) == len(set(words))

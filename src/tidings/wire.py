@@ -286,9 +286,14 @@ def _check_data(data: Any) -> None:
 
 
 def render_attributes(
-    event: EventInput, event_id: str, time: timestamps.Timestamp, stored_ns: int
+    event: EventInput,
+    event_id: str,
+    time: timestamps.Timestamp,
+    stored_ns: int,
+    extras: str | None = None,
 ) -> str:
-    """The CloudEvents JSON of a new event's attributes (all but `data`)."""
+    """The CloudEvents JSON of a new event's attributes (all but `data`); `extras` is its
+    `attribute_extras`, if the caller has them already."""
     return compose_attributes(
         event_id=event_id,
         source=event.source,
@@ -296,7 +301,7 @@ def render_attributes(
         subject=event.subject,
         time=time,
         group=event.group,
-        extras=attribute_extras(event),
+        extras=attribute_extras(event) if extras is None else extras,
         stored_ns=stored_ns,
     )
 

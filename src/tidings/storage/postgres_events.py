@@ -441,7 +441,7 @@ async def ingest(
     for ord_, (event, event_id, _) in enumerate(unique):
         time = event.time or from_ns(now_ns)
         extras_of.append(attribute_extras(event))
-        attributes_of.append(render_attributes(event, event_id, time, now_ns))
+        attributes_of.append(render_attributes(event, event_id, time, now_ns, extras_of[-1]))
         rows.append(_input_row(ord_, event, event_id, time, numbers))
     scopes: set[str] = set()
     for event, _, _ in unique:
