@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import pytest
 from psycopg import AsyncConnection
 
@@ -125,3 +126,53 @@ async def test_a_uuid7_id_sent_twice_at_once_is_a_repeat_not_a_conflict(
     assert await asyncio.wait_for(waiting, 10) == [False]
     stored = await writers.storage.list_events(EventQuery(scope=root, limit=10))
     assert [found.id for found in stored] == [event_id]
+
+
+async def test_a_repeat_whose_event_retention_dropped_before_its_key_is_stored_anew(
+    postgres_server: str,
+) -> None:
+    """Retention drops an expired day's events first and deletes their `event_ids` keys in later
+    batches. A repeat sent in between is stored anew, as after retention (and as on SQLite),
+    whatever its content; the other events of its batch are answered as usual."""
+    url = new_schema(postgres_server)
+    storage = open_storage(url)
+    await storage.open()
+    try:
+        root = groups.new_root()
+        now = time.time_ns()
+        await storage.maintain(now)
+        first = [wire.parse_event(event(root, id=name)) for name in ("a", "b", "c")]
+        await storage.ingest(first, now)
+        # The state retention leaves between its two steps: the events of "a" and "c" are
+        # gone (their day's partition dropped), their keys not yet.
+        gone = query(url, "DELETE FROM events WHERE id IN ('a', 'c') RETURNING id")
+        assert sorted(gone) == [("a",), ("c",)]
+        changed = event(root, id="c")
+        changed["data"]["body"] = {"name": "other"}
+        again = [
+            wire.parse_event(event(root, id="a")),
+            wire.parse_event(event(root, id="b")),
+            wire.parse_event(changed),
+            wire.parse_event(event(root, id="d")),
+        ]
+        results = await storage.ingest(again, now + 1)
+        assert [(r.event.id, r.created) for r in results] == [
+            ("a", True),
+            ("b", False),
+            ("c", True),
+            ("d", True),
+        ]
+        stored = {e.id: e for e in await storage.list_events(EventQuery(scope=root, limit=10))}
+        assert sorted(stored) == ["a", "b", "c", "d"]
+        assert orjson.loads(stored["c"].data)["body"] == {"name": "other"}
+        # Each key names its event again, so a later repeat is answered from it.
+        assert query(
+            url,
+            "SELECT i.id FROM event_ids i JOIN events e ON e.seq = i.seq"
+            " AND e.stored_ns = i.stored_ns ORDER BY i.id",
+        ) == [("a",), ("b",), ("c",), ("d",)]
+        [repeat] = await storage.ingest([again[0]], now + 2)
+        assert not repeat.created
+        assert repeat.event.position == results[0].event.position
+    finally:
+        await storage.close()

@@ -408,6 +408,51 @@ def _texts(values: Iterable[str]) -> str:
     return joined
 
 
+Written = tuple[EventInput, str, Timestamp, str]  # an event to write: its id, time, extras
+
+
+async def _write(
+    conn: AsyncConnection[Any],
+    batch: Sequence[Written],
+    now_ns: int,
+    numbers: Mapping[str, int],
+) -> AsyncCursor[Any]:
+    """Send _WRITE_EVENTS for `batch`: its cursor yields (index in `batch`, tx, seq) of each
+    event written."""
+    return await conn.execute(
+        _WRITE_EVENTS,
+        {
+            "rows": orjson.dumps(
+                [
+                    _input_row(ord_, event, event_id, time, numbers)
+                    for ord_, (event, event_id, time, _) in enumerate(batch)
+                ]
+            ).decode(),
+            "extras": _texts(extras for _, _, _, extras in batch),
+            "data": _texts(event.data_json for event, _, _, _ in batch),
+            "search_text": _texts(
+                distinct_words(searchable_text(event)) for event, _, _, _ in batch
+            ),
+            "now": now_ns,
+        },
+    )
+
+
+# Retention drops an expired day's events before it deletes their `event_ids` rows (in
+# batches, later): a repeat sent in between meets a key whose event is gone. As on SQLite,
+# and as once retention is done, such an event is stored anew: the stale key goes first
+# (taken in key order, as ingest takes keys) and the event is written again.
+_DROP_STALE_KEYS = """
+DELETE FROM event_ids WHERE (tenant, source, id) IN (
+    SELECT i.tenant, i.source, i.id FROM event_ids i
+    WHERE (i.tenant, i.source, i.id) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
+    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = i.seq AND e.stored_ns = i.stored_ns)
+    ORDER BY 1, 2, 3 FOR UPDATE OF i
+)
+"""
+_WRITE_ATTEMPTS = 3
+
+
 async def ingest(
     conn: AsyncConnection[Any],
     events: Sequence[EventInput],
@@ -435,14 +480,12 @@ async def ingest(
             )
         prepared.append((event, event_id, key))
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
-    rows: list[dict[str, Any]] = []
-    extras_of: list[str] = []
+    batch: list[Written] = []
     attributes_of: list[str] = []
-    for ord_, (event, event_id, _) in enumerate(unique):
+    for event, event_id, _ in unique:
         time = event.time or from_ns(now_ns)
-        extras_of.append(attribute_extras(event))
-        attributes_of.append(render_attributes(event, event_id, time, now_ns, extras_of[-1]))
-        rows.append(_input_row(ord_, event, event_id, time, numbers))
+        batch.append((event, event_id, time, attribute_extras(event)))
+        attributes_of.append(render_attributes(event, event_id, time, now_ns, batch[-1][3]))
     scopes: set[str] = set()
     for event, _, _ in unique:
         scopes |= groups_above(event)
@@ -450,16 +493,7 @@ async def ingest(
     # schema): it is taken before the first write gives the transaction its id.
     await begin_ingest(conn)
     twins = await _find_twins(conn, unique)
-    written = await conn.execute(
-        _WRITE_EVENTS,
-        {
-            "rows": orjson.dumps(rows).decode(),
-            "extras": _texts(extras_of),
-            "data": _texts(event.data_json for event, _, _ in unique),
-            "search_text": _texts(distinct_words(searchable_text(event)) for event, _, _ in unique),
-            "now": now_ns,
-        },
-    )
+    written = await _write(conn, batch, now_ns, numbers)
     # Read after the write: deliveries go to the subscriptions as they stand then (the foreign
     # key would refuse a delivery to one deleted meanwhile).
     subscriptions = await conn.execute(
@@ -472,9 +506,22 @@ async def ingest(
         raise _other_content(event, event_id, key, prepared)
     kept = {ord_: (tx, seq) for ord_, tx, seq in await written.fetchall()}
     active = [subscription_from_row(row) for row in await subscriptions.fetchall()]
-    stored = await _existing(
-        conn, [item for ord_, item in enumerate(unique) if ord_ not in kept], prepared
+    stored, gone = await _existing(
+        conn, unique, [o for o in range(len(unique)) if o not in kept], prepared
     )
+    for _ in range(_WRITE_ATTEMPTS - 1):
+        if not gone:
+            break
+        await conn.execute(
+            _DROP_STALE_KEYS, [[unique[o][2][part] for o in gone] for part in range(3)]
+        )
+        again = await _write(conn, [batch[o] for o in gone], now_ns, numbers)
+        kept.update({gone[ord_]: (tx, seq) for ord_, tx, seq in await again.fetchall()})
+        repeats, gone = await _existing(conn, unique, [o for o in gone if o not in kept], prepared)
+        stored.update(repeats)
+    if gone:
+        _, event_id, (_, source, _) = unique[gone[0]]
+        raise RuntimeError(f"the stored event with source {source!r} and id {event_id!r} vanished")
     fresh: list[tuple[EventInput, int]] = []
     created: dict[Key, int] = {}
     for ord_, (tx, seq) in sorted(kept.items()):
@@ -500,28 +547,36 @@ async def ingest(
 
 
 async def _existing(
-    conn: AsyncConnection[Any], items: list[Item], prepared: list[Item]
-) -> dict[Key, StoredEvent]:
-    """The stored events of repeats; Conflict if one was stored with other content."""
-    if not items:
-        return {}
+    conn: AsyncConnection[Any], unique: list[Item], ords: list[int], prepared: list[Item]
+) -> tuple[dict[Key, StoredEvent], list[int]]:
+    """The stored events of the repeats `unique[o]` for `o` in `ords`, and those of `ords` whose
+    key is stored without its event (retention is deleting it); Conflict (naming the index in
+    `prepared`) if one was stored with other content."""
+    if not ords:
+        return {}, []
+    keys = [unique[o][2] for o in ords]
     cursor = await conn.execute(
         f"SELECT i.tenant, i.source, i.id, i.fingerprint, {EVENT_COLUMNS} FROM event_ids i"
         " JOIN events e ON e.seq = i.seq AND e.stored_ns = i.stored_ns"
         " WHERE (i.tenant, i.source, i.id) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
-        ([k[0] for _, _, k in items], [k[1] for _, _, k in items], [k[2] for _, _, k in items]),
+        [[key[part] for key in keys] for part in range(3)],
     )
     found = {
         (row[0], row[1], row[2]): (row[3], event_from_row(row[4:]))
         for row in await cursor.fetchall()
     }
     result = {}
-    for event, event_id, key in items:
+    gone = []
+    for o in ords:
+        event, event_id, key = unique[o]
+        if key not in found:
+            gone.append(o)
+            continue
         fingerprint, stored = found[key]
         if fingerprint != event.fingerprint:
             raise _other_content(event, event_id, key, prepared)
         result[key] = stored
-    return result
+    return result, gone
 
 
 def _other_content(event: EventInput, event_id: str, key: Key, prepared: list[Item]) -> Conflict:
