@@ -125,7 +125,6 @@ from tidings.storage.postgres import PostgresStorage
 from tidings.storage.postgres_events import (
     EVENT_COLUMNS,
     PostgresEventSQL,
-    distinct_words,
     event_from_row,
     pack,
 )
@@ -191,7 +190,7 @@ class Prepared:
             event,
             groups.root_of(event.group),
             wire.attribute_extras(event),
-            distinct_words(searchable_text(event)),
+            searchable_text(event, distinct=True),
             tuple(visible_scopes(event)),
         )
 

@@ -21,7 +21,6 @@ from tidings import groups, wire
 from tidings.model import EventQuery, StoredEvent
 from tidings.storage.indexing import searchable_text
 from tidings.storage.postgres import PostgresStorage
-from tidings.storage.postgres_events import distinct_words
 from tidings.storage.postgres_partitions import DAY_NS, day_of, ensure_partitions
 
 
@@ -93,12 +92,6 @@ async def test_a_new_event_is_stored_without_its_attributes_text_and_read_back_w
     assert odd["allowedroles"] == "owner,viewer"
     assert list(odd)[-1] == "storedtime"
     assert by_id["no-time"]["time"] == by_id["no-time"]["storedtime"]
-
-
-def test_a_search_text_keeps_each_word_once_in_its_first_order() -> None:
-    assert distinct_words("a b a c b a") == "a b c"
-    assert distinct_words("") == ""
-    assert distinct_words("Walrus walrus") == "Walrus walrus"
 
 
 async def test_a_row_holds_each_search_word_once_and_is_found_by_every_one(

@@ -56,3 +56,17 @@ def test_the_body_walk_matches_a_recursive_one(body: object) -> None:
 
     expected = words(" ".join(["t", "", "", "", *walk(body)]))
     assert search_text("t", None, None, None, body) == expected
+
+
+@given(st.text())
+def test_distinct_words_are_the_words_each_once_in_their_first_order(text: str) -> None:
+    found = WORD.findall(text)
+    assert words(text, distinct=True) == " ".join(dict.fromkeys(found))
+
+
+def test_distinct_words_keep_the_first_of_each_and_tell_case_apart() -> None:
+    assert words("a b a c b a", distinct=True) == "a b c"
+    assert words("", distinct=True) == ""
+    assert words("Walrus walrus WALRUS walrus", distinct=True) == "Walrus walrus WALRUS"
+    assert words("été-été x été", distinct=True) == "été x"
+    assert search_text("t", "t/1", None, "t 1", {"again": "t"}, distinct=True) == "t 1"

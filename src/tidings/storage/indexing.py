@@ -57,28 +57,39 @@ def _strings(value: Any) -> list[str]:
     return found
 
 
-def searchable_text(event: EventInput) -> str:
-    """What `q` searches in `event`: type, subject, actor, description and the body's values."""
+def searchable_text(event: EventInput, distinct: bool = False) -> str:
+    """What `q` searches in `event`: type, subject, actor, description and the body's values
+    (each word once if `distinct`)."""
     return search_text(
         event.type,
         event.subject,
         event.actor,
         event.extensions.get("description"),
         event.data.get("body", {}),
+        distinct,
     )
 
 
 def search_text(
-    type_: str, subject: str | None, actor: str | None, description: object, body: object
+    type_: str,
+    subject: str | None,
+    actor: str | None,
+    description: object,
+    body: object,
+    distinct: bool = False,
 ) -> str:
     """The words `q` searches, from an event's type, subject, actor, description and body."""
     parts = [type_, subject or "", actor or "", "" if description is None else str(description)]
     parts.extend(_strings(body))
-    return words(" ".join(parts))
+    return words(" ".join(parts), distinct)
 
 
-def words(text: str) -> str:
-    """The words of `text` (runs of WORD), one space apart."""
+def words(text: str, distinct: bool = False) -> str:
+    """The words of `text` (runs of WORD), one space apart; each once, in their first order,
+    if `distinct`. A search matches words (an `&` of prefixes, never a phrase), so an index
+    need not hold repeats (a group's path and a time often recur in an event's body)."""
     if text.isascii():
-        return " ".join(text.encode().translate(_ASCII_SPACES).decode().split())
-    return " ".join(WORD.findall(text))
+        found: list[bytes] = text.encode().translate(_ASCII_SPACES).split()
+        return b" ".join(dict.fromkeys(found) if distinct else found).decode()
+    matched: list[str] = WORD.findall(text)
+    return " ".join(dict.fromkeys(matched) if distinct else matched)

@@ -392,13 +392,6 @@ def _input_row(
     }
 
 
-def distinct_words(text: str) -> str:
-    """The words of a search text, each once, in their first order. A search matches words
-    (`&` of prefixes, never a phrase), and a tsvector keeps each word once anyway: the row need
-    not hold repeats (a group's path and a time often recur in an event's body)."""
-    return " ".join(dict.fromkeys(text.split(" ")))
-
-
 def _texts(values: Iterable[str]) -> str:
     """A column of long texts as one text: each value ended by the unit separator."""
     listed = list(values)
@@ -431,7 +424,7 @@ async def _write(
             "extras": _texts(extras for _, _, _, extras in batch),
             "data": _texts(event.data_json for event, _, _, _ in batch),
             "search_text": _texts(
-                distinct_words(searchable_text(event)) for event, _, _, _ in batch
+                searchable_text(event, distinct=True) for event, _, _, _ in batch
             ),
             "now": now_ns,
         },
