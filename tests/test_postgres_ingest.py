@@ -17,9 +17,11 @@ from tests.databases import new_schema, query
 from tidings import groups, wire
 from tidings.ids import uuid7s
 from tidings.model import EventQuery
-from tidings.storage import open_storage
+from tidings.storage import open_storage, postgres, postgres_events
 from tidings.storage.base import Storage
+from tidings.storage.postgres import PostgresStorage
 from tidings.storage.postgres_events import _texts, ingest
+from tidings.storage.postgres_partitions import day_of, drop_days_before
 
 
 @dataclass
@@ -128,51 +130,131 @@ async def test_a_uuid7_id_sent_twice_at_once_is_a_repeat_not_a_conflict(
     assert [found.id for found in stored] == [event_id]
 
 
-async def test_a_repeat_whose_event_retention_dropped_before_its_key_is_stored_anew(
-    postgres_server: str,
-) -> None:
-    """Retention drops an expired day's events first and deletes their `event_ids` keys in later
-    batches. A repeat sent in between is stored anew, as after retention (and as on SQLite),
-    whatever its content; the other events of its batch are answered as usual."""
+DAY_NS = 86_400 * 10**9
+
+
+@dataclass
+class Dropped:
+    """A storage whose events "a", "b" and "c" of root `root` were stored two days ago, and
+    whose day retention has dropped without deleting their `event_ids` keys yet (its first step)."""
+
+    storage: PostgresStorage
+    url: str
+    root: str
+    now: int
+
+
+@pytest.fixture
+async def dropped(postgres_server: str) -> AsyncIterator[Dropped]:
     url = new_schema(postgres_server)
     storage = open_storage(url)
+    assert isinstance(storage, PostgresStorage)
     await storage.open()
     try:
         root = groups.new_root()
         now = time.time_ns()
         await storage.maintain(now)
-        first = [wire.parse_event(event(root, id=name)) for name in ("a", "b", "c")]
-        await storage.ingest(first, now)
-        # The state retention leaves between its two steps: the events of "a" and "c" are
-        # gone (their day's partition dropped), their keys not yet.
-        gone = query(url, "DELETE FROM events WHERE id IN ('a', 'c') RETURNING id")
-        assert sorted(gone) == [("a",), ("c",)]
-        changed = event(root, id="c")
-        changed["data"]["body"] = {"name": "other"}
-        again = [
-            wire.parse_event(event(root, id="a")),
-            wire.parse_event(event(root, id="b")),
-            wire.parse_event(changed),
-            wire.parse_event(event(root, id="d")),
-        ]
-        results = await storage.ingest(again, now + 1)
-        assert [(r.event.id, r.created) for r in results] == [
-            ("a", True),
-            ("b", False),
-            ("c", True),
-            ("d", True),
-        ]
-        stored = {e.id: e for e in await storage.list_events(EventQuery(scope=root, limit=10))}
-        assert sorted(stored) == ["a", "b", "c", "d"]
-        assert orjson.loads(stored["c"].data)["body"] == {"name": "other"}
-        # Each key names its event again, so a later repeat is answered from it.
-        assert query(
-            url,
-            "SELECT i.id FROM event_ids i JOIN events e ON e.seq = i.seq"
-            " AND e.stored_ns = i.stored_ns ORDER BY i.id",
-        ) == [("a",), ("b",), ("c",), ("d",)]
-        [repeat] = await storage.ingest([again[0]], now + 2)
-        assert not repeat.created
-        assert repeat.event.position == results[0].event.position
+        old = [wire.parse_event(event(root, id=name)) for name in ("a", "b", "c")]
+        await storage.ingest(old, now - 2 * DAY_NS)
+        async with (
+            await AsyncConnection.connect(url, autocommit=True) as conn,
+            conn.transaction(),
+        ):
+            assert len(await drop_days_before(conn, day_of(now - DAY_NS))) == 2
+        assert query(url, "SELECT count(*) FROM event_ids") == [(3,)]
+        yield Dropped(storage, url, root, now)
     finally:
         await storage.close()
+
+
+async def test_a_repeat_whose_event_retention_dropped_before_its_key_is_stored_anew(
+    dropped: Dropped,
+) -> None:
+    """Retention drops an expired day's events first and deletes their `event_ids` keys in later
+    batches. A repeat sent in between is stored anew, as after retention (and as on SQLite),
+    whatever its content; the other events of its batch are answered as usual, and the rest of
+    retention leaves the new events and their keys alone."""
+    storage, root, now = dropped.storage, dropped.root, dropped.now
+    [kept] = await storage.ingest([wire.parse_event(event(root, id="b"))], now)
+    changed = event(root, id="c")
+    changed["data"]["body"] = {"name": "other"}
+    again = [
+        wire.parse_event(event(root, id="a")),
+        wire.parse_event(event(root, id="b")),
+        wire.parse_event(changed),
+        wire.parse_event(event(root, id="d")),
+    ]
+    results = await storage.ingest(again, now + 1)
+    assert [(r.event.id, r.created) for r in results] == [
+        ("a", True),
+        ("b", False),
+        ("c", True),
+        ("d", True),
+    ]
+    assert kept.created
+    assert results[1].event.position == kept.event.position
+    assert await storage.expire(now - DAY_NS) == 0
+    stored = {e.id: e for e in await storage.list_events(EventQuery(scope=root, limit=10))}
+    assert sorted(stored) == ["a", "b", "c", "d"]
+    assert orjson.loads(stored["c"].data)["body"] == {"name": "other"}
+    # Each key names its new event, so a later repeat is answered from it.
+    assert query(
+        dropped.url,
+        "SELECT i.id FROM event_ids i JOIN events e ON e.seq = i.seq"
+        " AND e.stored_ns = i.stored_ns ORDER BY i.id",
+    ) == [("a",), ("b",), ("c",), ("d",)]
+    [repeat] = await storage.ingest([again[0]], now + 2)
+    assert not repeat.created
+    assert repeat.event.position == results[0].event.position
+
+
+async def test_an_ingest_meeting_stale_keys_never_deadlocks_with_retention(
+    dropped: Dropped, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Retention deletes keys in its own order (by row position). Once an ingest has found its
+    keys "a" and "b" stale, retention's batch takes "b" and then wants "a": an ingest that held
+    "a" while waiting for "b" would close a cycle, and PostgreSQL would fail one of them."""
+    storage, url, root, now = dropped.storage, dropped.url, dropped.root, dropped.now
+    retention = await AsyncConnection.connect(url)
+    found = asyncio.Event()
+    real_existing = postgres_events._existing
+
+    async def existing(*args: Any) -> Any:
+        answer = await real_existing(*args)
+        if not found.is_set():
+            found.set()
+            await retention.execute("DELETE FROM event_ids WHERE id = 'b'")  # holds "b"
+        return answer
+
+    monkeypatch.setattr(postgres_events, "_existing", existing)
+    batch = [wire.parse_event(event(root, id=name)) for name in ("a", "b")]
+    ingesting = asyncio.create_task(storage.ingest(batch, now))
+    await asyncio.wait_for(found.wait(), 10)
+    await asyncio.sleep(0.5)  # the ingest now waits for "b"
+    assert not ingesting.done()
+    await retention.execute("DELETE FROM event_ids WHERE id IN ('a', 'c')")
+    await retention.commit()
+    await retention.close()
+    results = await asyncio.wait_for(ingesting, 10)
+    assert [(r.event.id, r.created) for r in results] == [("a", True), ("b", True)]
+    assert query(url, "SELECT id FROM event_ids ORDER BY id") == [("a",), ("b",)]
+
+
+async def test_keys_that_stay_stale_end_the_ingest_after_a_few_tries_storing_nothing(
+    dropped: Dropped, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the stale keys outlive their deletion each time (they cannot: this stands for a
+    bug), the ingest gives up after STALE_KEY_ATTEMPTS tries instead of looping."""
+    tries = 0
+
+    async def kept_key(conn: AsyncConnection[Any], key: Any) -> None:
+        nonlocal tries
+        tries += 1
+
+    monkeypatch.setattr(postgres, "drop_stale_key", kept_key)
+    batch = [wire.parse_event(event(dropped.root, id=name)) for name in ("a", "d")]
+    attempts = postgres.STALE_KEY_ATTEMPTS
+    with pytest.raises(RuntimeError, match=f"vanished in each of {attempts} ingests"):
+        await dropped.storage.ingest(batch, dropped.now)
+    assert tries == attempts - 1  # "a" alone is stale, dropped before each try but the first
+    assert query(dropped.url, "SELECT count(*) FROM events") == [(0,)]

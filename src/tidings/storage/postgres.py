@@ -43,7 +43,9 @@ from tidings.storage.migrations import migration_files
 from tidings.storage.postgres_events import (
     WAKE_CHANNEL,
     PostgresEventSQL,
+    StaleKeys,
     begin_ingest,
+    drop_stale_key,
     event_from_row,
     ingest,
     scope_texts,
@@ -74,6 +76,7 @@ from tidings.storage.rows import (
 T = TypeVar("T")
 log = structlog.get_logger("tidings.postgres")
 MIGRATION_LOCK = 7_160_946_001  # pg_advisory_xact_lock key of tidings' migrations
+STALE_KEY_ATTEMPTS = 3  # ingests of a batch whose keys retention keeps deleting under it
 DAYS_AHEAD = (
     1  # housekeeping runs hourly, so tomorrow's partitions exist long before they are needed
 )
@@ -193,7 +196,25 @@ class PostgresStorage(Storage):
 
     async def ingest(self, events: Sequence[EventInput], now_ns: int) -> list[Ingested]:
         numbers = await self._ready_to_ingest(events, now_ns)
-        return await self._run_pipelined(lambda conn: ingest(conn, events, now_ns, numbers))
+        return await self._ingesting(
+            lambda: self._run_pipelined(lambda conn: ingest(conn, events, now_ns, numbers))
+        )
+
+    async def _ingesting(self, run: Callable[[], Awaitable[T]]) -> T:
+        """Run an ingest transaction; when it meets keys whose events retention has dropped
+        (StaleKeys), delete those keys, each in a statement of its own, and run it again."""
+        for attempt in range(1, STALE_KEY_ATTEMPTS + 1):
+            try:
+                return await run()
+            except StaleKeys as stale:
+                if attempt == STALE_KEY_ATTEMPTS:
+                    raise RuntimeError(
+                        f"the events of keys {stale.keys} vanished in each of {attempt} ingests"
+                    ) from stale
+                async with self._pool.connection() as conn:  # autocommit
+                    for key in stale.keys:
+                        await drop_stale_key(conn, key)
+        raise AssertionError("unreachable")
 
     async def _ready_to_ingest(
         self, events: Sequence[EventInput], now_ns: int
@@ -427,7 +448,7 @@ class PostgresStorage(Storage):
             await deliveries.insert_subscription(conn, sub)
             return await ingest(conn, events, now_ns, numbers)
 
-        return await self._run(create)
+        return await self._ingesting(lambda: self._run(create))
 
     async def update_subscription(self, sub: Subscription, fields: Collection[str]) -> None:
         sql, values = subscription_update(sub, fields, "%s")
@@ -447,7 +468,7 @@ class PostgresStorage(Storage):
                 return None
             return await ingest(conn, events, now_ns, numbers)
 
-        return await self._run(delete)
+        return await self._ingesting(lambda: self._run(delete))
 
     async def subscription(self, sub_id: str) -> Subscription | None:
         return await self._run(lambda conn: deliveries.get_subscription(conn, sub_id))

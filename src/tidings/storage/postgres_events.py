@@ -431,19 +431,26 @@ async def _write(
     )
 
 
-# Retention drops an expired day's events before it deletes their `event_ids` rows (in
-# batches, later): a repeat sent in between meets a key whose event is gone. As on SQLite,
-# and as once retention is done, such an event is stored anew: the stale key goes first
-# (taken in key order, as ingest takes keys) and the event is written again.
-_DROP_STALE_KEYS = """
-DELETE FROM event_ids WHERE (tenant, source, id) IN (
-    SELECT i.tenant, i.source, i.id FROM event_ids i
-    WHERE (i.tenant, i.source, i.id) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))
-    AND NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = i.seq AND e.stored_ns = i.stored_ns)
-    ORDER BY 1, 2, 3 FOR UPDATE OF i
-)
-"""
-_WRITE_ATTEMPTS = 3
+class StaleKeys(Exception):
+    """Keys of a batch found in `event_ids` without their event: retention drops an expired
+    day's events before it deletes their keys (in batches, later). As on SQLite, and as once
+    retention is done, such an event is stored anew: the ingest is rolled back, and the caller
+    deletes the keys (`drop_stale_key`) outside it, each in a statement of its own (a row lock
+    held alone and briefly cannot close a cycle with retention's batches or another ingest),
+    then runs the ingest again."""
+
+    def __init__(self, keys: list[Key]):
+        super().__init__(f"{len(keys)} keys without their events")
+        self.keys = keys
+
+
+async def drop_stale_key(conn: AsyncConnection[Any], key: Key) -> None:
+    """Delete `key` from `event_ids` if its event is gone (on an autocommit connection)."""
+    await conn.execute(
+        "DELETE FROM event_ids i WHERE tenant = %s AND source = %s AND id = %s"
+        " AND NOT EXISTS (SELECT 1 FROM events e WHERE e.seq = i.seq AND e.stored_ns = i.stored_ns)",
+        key,
+    )
 
 
 async def ingest(
@@ -457,7 +464,8 @@ async def ingest(
     `numbers` holds the interned number of each of `scope_texts(events)`.
 
     In pipeline mode (as the storage runs it) the transaction waits for the database once for
-    the events, and once more only for repeats.
+    the events, and once more only for repeats. StaleKeys: keys of the batch whose events
+    retention has dropped; nothing is stored.
     """
     keyed: dict[Key, int] = {}
     prepared: list[Item] = []
@@ -502,19 +510,8 @@ async def ingest(
     stored, gone = await _existing(
         conn, unique, [o for o in range(len(unique)) if o not in kept], prepared
     )
-    for _ in range(_WRITE_ATTEMPTS - 1):
-        if not gone:
-            break
-        await conn.execute(
-            _DROP_STALE_KEYS, [[unique[o][2][part] for o in gone] for part in range(3)]
-        )
-        again = await _write(conn, [batch[o] for o in gone], now_ns, numbers)
-        kept.update({gone[ord_]: (tx, seq) for ord_, tx, seq in await again.fetchall()})
-        repeats, gone = await _existing(conn, unique, [o for o in gone if o not in kept], prepared)
-        stored.update(repeats)
     if gone:
-        _, event_id, (_, source, _) = unique[gone[0]]
-        raise RuntimeError(f"the stored event with source {source!r} and id {event_id!r} vanished")
+        raise StaleKeys([unique[o][2] for o in gone])
     fresh: list[tuple[EventInput, int]] = []
     created: dict[Key, int] = {}
     for ord_, (tx, seq) in sorted(kept.items()):
@@ -543,8 +540,8 @@ async def _existing(
     conn: AsyncConnection[Any], unique: list[Item], ords: list[int], prepared: list[Item]
 ) -> tuple[dict[Key, StoredEvent], list[int]]:
     """The stored events of the repeats `unique[o]` for `o` in `ords`, and those of `ords` whose
-    key is stored without its event (retention is deleting it); Conflict (naming the index in
-    `prepared`) if one was stored with other content."""
+    key is stored without its event (see StaleKeys); Conflict (naming the index in `prepared`)
+    if one was stored with other content."""
     if not ords:
         return {}, []
     keys = [unique[o][2] for o in ords]
