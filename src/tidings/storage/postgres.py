@@ -42,6 +42,7 @@ from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
 from tidings.storage.postgres_events import (
     WAKE_CHANNEL,
+    Key,
     PostgresEventSQL,
     StaleKeys,
     begin_ingest,
@@ -76,7 +77,6 @@ from tidings.storage.rows import (
 T = TypeVar("T")
 log = structlog.get_logger("tidings.postgres")
 MIGRATION_LOCK = 7_160_946_001  # pg_advisory_xact_lock key of tidings' migrations
-STALE_KEY_ATTEMPTS = 3  # ingests of a batch whose keys retention keeps deleting under it
 DAYS_AHEAD = (
     1  # housekeeping runs hourly, so tomorrow's partitions exist long before they are needed
 )
@@ -202,19 +202,25 @@ class PostgresStorage(Storage):
 
     async def _ingesting(self, run: Callable[[], Awaitable[T]]) -> T:
         """Run an ingest transaction; when it meets keys whose events retention has dropped
-        (StaleKeys), delete those keys, each in a statement of its own, and run it again."""
-        for attempt in range(1, STALE_KEY_ATTEMPTS + 1):
+        (StaleKeys), delete those keys, each in a statement of its own, and run it again.
+
+        While retention deletes a day's events in batches, each run may meet other stale keys:
+        it goes on while every run meets new ones (so at most once more than the keys a batch
+        holds), and gives up only when a key it deleted comes back stale."""
+        deleted: set[Key] = set()
+        while True:
             try:
                 return await run()
             except StaleKeys as stale:
-                if attempt == STALE_KEY_ATTEMPTS:
+                again = deleted.intersection(stale.keys)
+                if again:
                     raise RuntimeError(
-                        f"the events of keys {stale.keys} vanished in each of {attempt} ingests"
+                        f"keys {sorted(again)} were stale again after being deleted"
                     ) from stale
                 async with self._pool.connection() as conn:  # autocommit
                     for key in stale.keys:
                         await drop_stale_key(conn, key)
-        raise AssertionError("unreachable")
+                deleted.update(stale.keys)
 
     async def _ready_to_ingest(
         self, events: Sequence[EventInput], now_ns: int
