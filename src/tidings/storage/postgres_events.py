@@ -401,36 +401,6 @@ def _texts(values: Iterable[str]) -> str:
     return joined
 
 
-Written = tuple[EventInput, str, Timestamp, str]  # an event to write: its id, time, extras
-
-
-async def _write(
-    conn: AsyncConnection[Any],
-    batch: Sequence[Written],
-    now_ns: int,
-    numbers: Mapping[str, int],
-) -> AsyncCursor[Any]:
-    """Send _WRITE_EVENTS for `batch`: its cursor yields (index in `batch`, tx, seq) of each
-    event written."""
-    return await conn.execute(
-        _WRITE_EVENTS,
-        {
-            "rows": orjson.dumps(
-                [
-                    _input_row(ord_, event, event_id, time, numbers)
-                    for ord_, (event, event_id, time, _) in enumerate(batch)
-                ]
-            ).decode(),
-            "extras": _texts(extras for _, _, _, extras in batch),
-            "data": _texts(event.data_json for event, _, _, _ in batch),
-            "search_text": _texts(
-                searchable_text(event, distinct=True) for event, _, _, _ in batch
-            ),
-            "now": now_ns,
-        },
-    )
-
-
 class StaleKeys(Exception):
     """Keys of a batch found in `event_ids` without their event: retention drops an expired
     day's events before it deletes their keys (in batches, later). As on SQLite, and as once
@@ -481,12 +451,14 @@ async def ingest(
             )
         prepared.append((event, event_id, key))
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
-    batch: list[Written] = []
+    rows: list[dict[str, Any]] = []
+    extras_of: list[str] = []
     attributes_of: list[str] = []
-    for event, event_id, _ in unique:
+    for ord_, (event, event_id, _) in enumerate(unique):
         time = event.time or from_ns(now_ns)
-        batch.append((event, event_id, time, attribute_extras(event)))
-        attributes_of.append(render_attributes(event, event_id, time, now_ns, batch[-1][3]))
+        extras_of.append(attribute_extras(event))
+        attributes_of.append(render_attributes(event, event_id, time, now_ns, extras_of[-1]))
+        rows.append(_input_row(ord_, event, event_id, time, numbers))
     scopes: set[str] = set()
     for event, _, _ in unique:
         scopes |= groups_above(event)
@@ -494,7 +466,16 @@ async def ingest(
     # schema): it is taken before the first write gives the transaction its id.
     await begin_ingest(conn)
     twins = await _find_twins(conn, unique)
-    written = await _write(conn, batch, now_ns, numbers)
+    written = await conn.execute(
+        _WRITE_EVENTS,
+        {
+            "rows": orjson.dumps(rows).decode(),
+            "extras": _texts(extras_of),
+            "data": _texts(event.data_json for event, _, _ in unique),
+            "search_text": _texts(searchable_text(event, distinct=True) for event, _, _ in unique),
+            "now": now_ns,
+        },
+    )
     # Read after the write: deliveries go to the subscriptions as they stand then (the foreign
     # key would refuse a delivery to one deleted meanwhile).
     subscriptions = await conn.execute(
@@ -508,10 +489,10 @@ async def ingest(
     kept = {ord_: (tx, seq) for ord_, tx, seq in await written.fetchall()}
     active = [subscription_from_row(row) for row in await subscriptions.fetchall()]
     stored, gone = await _existing(
-        conn, unique, [o for o in range(len(unique)) if o not in kept], prepared
+        conn, [item for ord_, item in enumerate(unique) if ord_ not in kept], prepared
     )
     if gone:
-        raise StaleKeys([unique[o][2] for o in gone])
+        raise StaleKeys(gone)
     fresh: list[tuple[EventInput, int]] = []
     created: dict[Key, int] = {}
     for ord_, (tx, seq) in sorted(kept.items()):
@@ -537,19 +518,17 @@ async def ingest(
 
 
 async def _existing(
-    conn: AsyncConnection[Any], unique: list[Item], ords: list[int], prepared: list[Item]
-) -> tuple[dict[Key, StoredEvent], list[int]]:
-    """The stored events of the repeats `unique[o]` for `o` in `ords`, and those of `ords` whose
-    key is stored without its event (see StaleKeys); Conflict (naming the index in `prepared`)
-    if one was stored with other content."""
-    if not ords:
+    conn: AsyncConnection[Any], items: list[Item], prepared: list[Item]
+) -> tuple[dict[Key, StoredEvent], list[Key]]:
+    """The stored events of repeats, and the keys of those stored without their event (see
+    StaleKeys); Conflict if one was stored with other content."""
+    if not items:
         return {}, []
-    keys = [unique[o][2] for o in ords]
     cursor = await conn.execute(
         f"SELECT i.tenant, i.source, i.id, i.fingerprint, {EVENT_COLUMNS} FROM event_ids i"
         " JOIN events e ON e.seq = i.seq AND e.stored_ns = i.stored_ns"
         " WHERE (i.tenant, i.source, i.id) IN (SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]))",
-        [[key[part] for key in keys] for part in range(3)],
+        ([k[0] for _, _, k in items], [k[1] for _, _, k in items], [k[2] for _, _, k in items]),
     )
     found = {
         (row[0], row[1], row[2]): (row[3], event_from_row(row[4:]))
@@ -557,10 +536,9 @@ async def _existing(
     }
     result = {}
     gone = []
-    for o in ords:
-        event, event_id, key = unique[o]
+    for event, event_id, key in items:
         if key not in found:
-            gone.append(o)
+            gone.append(key)
             continue
         fingerprint, stored = found[key]
         if fingerprint != event.fingerprint:
