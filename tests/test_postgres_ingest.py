@@ -21,7 +21,7 @@ from tidings.storage import open_storage, postgres, postgres_events
 from tidings.storage.base import Storage
 from tidings.storage.postgres import PostgresStorage
 from tidings.storage.postgres_events import _texts, ingest
-from tidings.storage.postgres_partitions import day_of, drop_days_before
+from tidings.storage.postgres_partitions import DAY_NS, day_of, drop_days_before
 
 
 @dataclass
@@ -128,9 +128,6 @@ async def test_a_uuid7_id_sent_twice_at_once_is_a_repeat_not_a_conflict(
     assert await asyncio.wait_for(waiting, 10) == [False]
     stored = await writers.storage.list_events(EventQuery(scope=root, limit=10))
     assert [found.id for found in stored] == [event_id]
-
-
-DAY_NS = 86_400 * 10**9
 
 
 @dataclass

@@ -58,6 +58,21 @@ class StoredEvent:
     attributes: str
     data: str
 
+    @classmethod
+    def of_new(
+        cls, event: EventInput, position: int, event_id: str, attributes: str
+    ) -> StoredEvent:
+        """A new event as just stored at `position` (under `event_id`, given or minted)."""
+        return cls(
+            position=position,
+            id=event_id,
+            source=event.source,
+            type=event.type,
+            group=event.group,
+            attributes=attributes,
+            data=event.data_json,
+        )
+
     def to_json(self) -> str:
         """The event as CloudEvents JSON (structured mode)."""
         return f'{self.attributes[:-1]},"data":{self.data}}}'

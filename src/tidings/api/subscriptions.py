@@ -221,15 +221,8 @@ async def _send_test(state: AppState, sub: Subscription, principal: Principal) -
         }
     )
     event_id = uuid7()
-    event = StoredEvent(
-        position=0,
-        id=event_id,
-        source=test.source,
-        type=test.type,
-        group=test.group,
-        attributes=wire.render_attributes(test, event_id, from_ns(now), now),
-        data=test.data_json,
-    )
+    attributes = wire.render_attributes(test, event_id, from_ns(now), now)
+    event = StoredEvent.of_new(test, 0, event_id, attributes)  # never stored: position 0
     headers, body = await build_request(sub, event, f"test_{event_id}", state.issuer.token_for, now)
     return await state.transport.post(sub.sink, headers, body)
 

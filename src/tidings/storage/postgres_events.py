@@ -497,15 +497,7 @@ async def ingest(
     created: dict[Key, int] = {}
     for ord_, (tx, seq) in sorted(kept.items()):
         event, event_id, key = unique[ord_]
-        stored[key] = StoredEvent(
-            position=pack(tx, seq),
-            id=event_id,
-            source=event.source,
-            type=event.type,
-            group=event.group,
-            attributes=attributes_of[ord_],
-            data=event.data_json,
-        )
+        stored[key] = StoredEvent.of_new(event, pack(tx, seq), event_id, attributes_of[ord_])
         created[key] = seq
         fresh.append((event, seq))
     queued = await _fan_out(conn, active, fresh, now_ns)

@@ -217,15 +217,7 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
                 (position, event.raw),
             )
         deliveries = fan_out.enqueue(position, event, now_ns)
-        stored = StoredEvent(
-            position=position,
-            id=event_id,
-            source=event.source,
-            type=event.type,
-            group=event.group,
-            attributes=attributes,
-            data=event.data_json,
-        )
+        stored = StoredEvent.of_new(event, position, event_id, attributes)
         results.append(Ingested(event=stored, created=True, deliveries=deliveries))
     return results
 
