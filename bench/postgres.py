@@ -1445,6 +1445,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" (shared_buffers {buffers[0] if buffers else '?'}), psycopg {psycopg.__version__},"
         f" aiohttp {aiohttp.__version__}; the run took {time.perf_counter() - began:.0f} s"
     )
+    if (reclaim := report.page_cache_reclaim()) is not None:
+        print(f"{reclaim}: outside shared_buffers, list pages read from the disk")
     return 0 if all(row.passed for row in rows) else 1
 
 
