@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import calendar
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -178,3 +179,10 @@ def test_an_offset_never_changes_the_instant(stamp: Timestamp, offset_minutes: i
     hours, minutes = divmod(abs(offset_minutes), 60)
     text = f"{local}{sign}{hours:02d}:{minutes:02d}"
     assert timestamps.parse(text) == stamp
+
+
+@given(_timestamps())
+def test_render_names_the_same_second_as_datetime(stamp: Timestamp) -> None:
+    """Date and time of day agree with the standard library's calendar, before 1970 too."""
+    second = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=stamp.ns // NS)
+    assert stamp.render()[:19] == second.replace(tzinfo=None).isoformat()

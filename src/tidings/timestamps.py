@@ -20,6 +20,8 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 NS = 1_000_000_000
+DAY_SECONDS = 86_400
+_TWO_DIGITS = [f"{number:02d}" for number in range(60)]
 _MIN_SECONDS = calendar.timegm((1, 1, 1, 0, 0, 0, 0, 0, 0))
 _MAX_SECONDS = calendar.timegm((9999, 12, 31, 23, 59, 59, 0, 0, 0))
 
@@ -40,12 +42,32 @@ class Timestamp:
 @functools.lru_cache(maxsize=256)
 def _render(ns: int, digits: int) -> str:
     seconds, nanos = divmod(ns, NS)
-    utc = time.gmtime(seconds)
-    # %Y does not pad years below 1000 on every platform; RFC 3339 needs four digits.
-    text = f"{utc.tm_year:04d}" + time.strftime("-%m-%dT%H:%M:%S", utc)
+    days, second = divmod(seconds, DAY_SECONDS)
+    minutes, second = divmod(second, 60)
+    hour, minute = divmod(minutes, 60)
+    text = (
+        _date(days)
+        + "T"
+        + _TWO_DIGITS[hour]
+        + ":"
+        + _TWO_DIGITS[minute]
+        + ":"
+        + _TWO_DIGITS[second]
+    )
     if digits:
-        text += "." + f"{nanos:09d}"[:digits]
+        text += "." + str(nanos).zfill(9)[:digits]
     return text + "Z"
+
+
+# A page of events spans a few days: their dates are rendered once each, and the time of day
+# is put together from two-digit texts (time.gmtime and strftime, or format specifications,
+# for each event took most of a list page's rendering).
+@functools.lru_cache(maxsize=1024)
+def _date(days: int) -> str:
+    """The UTC date `days` after the epoch, its year in four digits (%Y does not pad years below
+    1000 on every platform; RFC 3339 needs four)."""
+    utc = time.gmtime(days * DAY_SECONDS)
+    return f"{utc.tm_year:04d}-{utc.tm_mon:02d}-{utc.tm_mday:02d}"
 
 
 def parse(text: object, what: str = "time") -> Timestamp:
