@@ -67,6 +67,38 @@ async def test_the_oldest_of_several_ingests_sets_the_horizon(schema: str) -> No
         assert await horizon(schema) > second_xid
 
 
+async def test_an_ingest_younger_than_another_running_transaction_holds_the_horizon(
+    schema: str,
+) -> None:
+    """The snapshot's xmax is one past the latest transaction to end, not the newest id: an
+    ingest that started after another transaction that is still running has an id at or above
+    it."""
+    async with (
+        await AsyncConnection.connect(schema) as other,
+        await AsyncConnection.connect(schema) as ingest,
+    ):
+        other_xid = await _xid(other)
+        await begin_ingest(ingest)
+        ingest_xid = await _xid(ingest)
+        assert await horizon(schema) == ingest_xid > other_xid
+        await ingest.rollback()
+        await other.rollback()
+
+
+async def test_an_ingest_writing_in_a_savepoint_holds_the_horizon_at_its_own_id(
+    schema: str,
+) -> None:
+    """A subtransaction's id is listed under the same transaction: the ingest's own id, the
+    older, is the horizon."""
+    async with await AsyncConnection.connect(schema) as ingest:
+        await begin_ingest(ingest)
+        ingest_xid = await _xid(ingest)
+        async with ingest.transaction():
+            await ingest.execute("INSERT INTO settings (name, value) VALUES ('horizon', 'test')")
+            assert await horizon(schema) == ingest_xid
+        await ingest.rollback()
+
+
 async def test_other_transactions_do_not_hold_the_horizon_back(schema: str) -> None:
     async with await AsyncConnection.connect(schema) as other:
         other_xid = await _xid(other)  # a long transaction of someone else's, with an id
@@ -100,7 +132,7 @@ async def test_a_holder_without_a_transaction_id_falls_back_to_the_oldest_transa
 
 
 async def test_committed_events_are_listed_while_ingests_run(schema: str) -> None:
-    """Two ingests in flight, both younger than the last commit, leave the events committed
+    """Ingests in flight, younger than the last transaction to end, leave the events committed
     before them visible."""
     storage = open_storage(schema)
     await storage.open()

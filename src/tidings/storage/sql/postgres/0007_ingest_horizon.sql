@@ -2,13 +2,15 @@
 --
 -- The correction. A holder's transaction id comes from pg_locks in 32 bits, and was widened to
 -- 64 bits in the epoch of the snapshot's xmax, less one epoch when it was above xmax's low bits.
--- But xmax is one past the latest *completed* transaction: a transaction still running may have
--- a larger id. With two ingests running, both younger than the latest commit, the younger one's
--- id was taken for the previous epoch: the horizon fell 2^32 below every event, and readers
--- saw an empty audit log until one of them ended. An id is now widened to the 64-bit value
--- nearest xmax (running transactions lie within 2^31 of it, or the server would have stopped
--- for wraparound).
---
+-- But xmax is one past the latest transaction to *end*: a transaction still running may have an
+-- id at or above it (any ingest that began after another transaction, of any kind, that is
+-- still running; or one that got its id after the reader's snapshot). Such an ingest's id was
+-- taken for the previous epoch: the horizon fell 2^32 below every event, and readers saw an
+-- empty audit log until the older transactions ended. An id is now widened to the 64-bit
+-- value nearest xmax (running transactions lie within 2^31 of it, or the server would have
+-- stopped for wraparound); this also holds across an epoch boundary, where the old widening
+-- was off by one epoch.
+
 -- The function. A SQL function whose body cannot be inlined (this one has CTEs) is planned
 -- anew at every call: `SELECT ingest_horizon()`, read before every list page, took 0.6 ms on a
 -- slow day, against 0.05 for `SELECT 1`. PL/pgSQL keeps its statement's plan for the session:
