@@ -54,7 +54,12 @@ from tidings.storage.postgres_events import (
     with_horizon,
 )
 from tidings.storage.postgres_interned import Interned
-from tidings.storage.postgres_partitions import DAY_NS, day_of, drop_days_before, ensure_partitions
+from tidings.storage.postgres_partitions import (
+    count_days_before,
+    day_of,
+    drop_days_before,
+    ensure_partitions,
+)
 from tidings.storage.postgres_pool import LastInFirstOutPool
 from tidings.storage.rows import (
     EVENT_TYPE_COLUMNS,
@@ -289,12 +294,9 @@ class PostgresStorage(Storage):
         cutoff_day = day_of(before_ns)
 
         async def whole_days(conn: AsyncConnection[Any]) -> int:
-            cursor = await conn.execute(
-                "SELECT count(*) FROM events WHERE stored_ns < %s", (cutoff_day * DAY_NS,)
-            )
-            row = await cursor.fetchone()
+            counted = await count_days_before(conn, "events", cutoff_day)
             await drop_days_before(conn, cutoff_day)
-            return int(row[0]) if row else 0
+            return counted
 
         deleted = await self._run(whole_days)
         self._partition_days = {day for day in self._partition_days if day >= cutoff_day}
