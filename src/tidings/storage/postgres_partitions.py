@@ -67,13 +67,18 @@ async def partitions(conn: AsyncConnection[Any]) -> dict[str, int]:
     return found
 
 
+async def partitions_before(conn: AsyncConnection[Any], day: int) -> list[tuple[str, int]]:
+    """The partitions holding only days before `day`, each with the day it holds, by name."""
+    return sorted((name, held) for name, held in (await partitions(conn)).items() if held < day)
+
+
 async def count_days_before(conn: AsyncConnection[Any], table: str, day: int) -> int:
     """How many rows the partitions of `table` holding only days before `day` hold: each counted
     on its own, from its smallest index alone (a count through the parent tests every row's
     stored time, which no index holds, and reads the days' heap)."""
     counted = 0
-    for name, held in sorted((await partitions(conn)).items()):
-        if held < day and name == partition_name(table, held):
+    for name, held in await partitions_before(conn, day):
+        if name == partition_name(table, held):
             cursor = await conn.execute(
                 sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
             )
@@ -85,11 +90,10 @@ async def count_days_before(conn: AsyncConnection[Any], table: str, day: int) ->
 async def drop_days_before(conn: AsyncConnection[Any], day: int) -> list[str]:
     """Drop every partition holding only days before `day`; return their names."""
     dropped = []
-    for name, held in sorted((await partitions(conn)).items()):
-        if held < day:
-            # Dropping a partition locks the parent table: give up rather than queue every
-            # reader and ingest behind a long transaction; housekeeping tries again later.
-            await conn.execute("SET LOCAL lock_timeout = '2s'")
-            await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
-            dropped.append(name)
+    for name, _ in await partitions_before(conn, day):
+        # Dropping a partition locks the parent table: give up rather than queue every
+        # reader and ingest behind a long transaction; housekeeping tries again later.
+        await conn.execute("SET LOCAL lock_timeout = '2s'")
+        await conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(name)))
+        dropped.append(name)
     return dropped
