@@ -149,11 +149,15 @@ class PostgresEventSQL(querying.EventSQL):
     def visible_now(self, alias: str) -> str:
         # Only rows older than every ingest still running: nothing can commit below them later.
         # The horizon is a number read before the query (see with_horizon()), not a call in it.
+        return f" AND {alias}.tx < {self.read_horizon()}{self.in_window(alias)}"
+
+    def read_horizon(self) -> int:
+        """The ingest horizon this query was built with."""
         if self.horizon is None:
             raise RuntimeError(
                 "a PostgreSQL event query needs the ingest horizon: use with_horizon()"
             )
-        return f" AND {alias}.tx < {int(self.horizon)}{self.in_window(alias)}"
+        return int(self.horizon)
 
     def scope_is(self, alias: str) -> str:
         # Scope rows hold the group's interned number (see postgres_interned).
@@ -190,20 +194,47 @@ class PostgresEventSQL(querying.EventSQL):
         # rows carry their event's type (0002_scope_types.sql): with one type, the page comes
         # in order from (scope, type, tx, seq), however rare the type.
         scope, types = self.numbers.scope, self.numbers.types
-        condition = f"s.scope = {'NULL' if scope is None else int(scope)}"
-        if types is not None:
-            condition += f" AND s.type IN ({', '.join(str(int(t)) for t in types) or 'NULL'})"
+        if self.generic:
+            condition, params = self._generic_condition()
+        else:
+            condition = f"s.scope = {'NULL' if scope is None else int(scope)}"
+            if types is not None:
+                condition += f" AND s.type IN ({', '.join(str(int(t)) for t in types) or 'NULL'})"
+            condition += self.visible_now("s")
+            params = []
         source = (
             "FROM event_scopes s CROSS JOIN LATERAL"
             f" (SELECT * FROM events e WHERE {self.scope_join()}{self.in_window('e')} OFFSET 0) e"
-            f" WHERE {condition}{self.visible_now('s')}"
+            f" WHERE {condition}"
         )
         order = self.position_columns("s")
         where, more = self.filters(query, order)
         direction = "DESC" if query.descending else "ASC"
         ordering = ", ".join(f"{column} {direction}" for column in order)
-        sql = f"SELECT {', '.join(order)}, {self.event_columns} {source}{where} ORDER BY {ordering} LIMIT %s"
-        return sql, [*more, query.limit]
+        sql = f"SELECT {', '.join(order)}, {self.event_columns} {source}{where} ORDER BY {ordering} LIMIT {int(query.limit)}"
+        return sql, [*params, *more]
+
+    @property
+    def generic(self) -> bool:
+        """Whether a subtree's page is read with a generic plan (see `postgres_paging`): over
+        every partition (no window), for no type or one, where its plan has one shape only."""
+        numbers = self.numbers
+        return (
+            self.window is None
+            and numbers is not None
+            and numbers.scope is not None
+            and (numbers.types is None or len(numbers.types) == 1)
+        )
+
+    def _generic_condition(self) -> tuple[str, list[Any]]:
+        """The scope rows' terms of a generic plan's page: the numbers and the horizon as
+        parameters, so that one statement serves every subtree."""
+        assert self.numbers is not None
+        condition, params = "s.scope = %s", [self.numbers.scope]
+        if self.numbers.types is not None:
+            condition += " AND s.type = %s"
+            params.append(self.numbers.types[0])
+        return condition + " AND s.tx < %s", [*params, self.read_horizon()]
 
 
 SQL = PostgresEventSQL()

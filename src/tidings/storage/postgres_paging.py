@@ -12,7 +12,8 @@ partition, on a plan kept prepared). The window's rows before that position are 
 first rows after the cursor in the whole table. When they are too few for the page (a rare
 filter), one more window, as wide as should hold a page, is tried (up to `MAX_WINDOW_DAYS`);
 otherwise (or when clocks disagreed) the whole table is read. No clock is trusted for
-correctness: the probe is what decides.
+correctness: the probe is what decides. A subtree's read of the whole table runs on a generic
+plan, kept prepared: planned anew, its 184 partitions cost more to plan than the page to read.
 
 Both statements run after the ingest horizon was read, so every row below it has committed
 (see `with_horizon`); the probe ignores the horizon and the filters it cannot see (all but a
@@ -138,9 +139,18 @@ async def _rows_and_nearest(
 
 
 async def _rows(conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQuery) -> list[Any]:
+    """The rows of `list_sql` over every partition: for a subtree, on a plan kept prepared."""
     text, params = sql.list_sql(query)
-    cursor = await conn.execute(text, params)
-    return [tuple(row) for row in await cursor.fetchall()]
+    if not sql.generic:
+        cursor = await conn.execute(text, params)
+        return [tuple(row) for row in await cursor.fetchall()]
+    # PostgreSQL keeps planning a prepared statement anew while a custom plan looks no dearer
+    # than the generic one, and here neither can prune a partition: so it is told to keep the
+    # generic plan, for this transaction only (one wait for the four statements).
+    async with conn.pipeline(), conn.transaction():
+        await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor = await conn.execute(text, params, prepare=True)
+        return [tuple(row) for row in await cursor.fetchall()]
 
 
 def _before(row: tuple[Any, ...], position: tuple[int, int], descending: bool) -> bool:
