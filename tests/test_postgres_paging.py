@@ -153,11 +153,28 @@ async def test_a_subtree_read_over_every_partition_keeps_one_generic_plan(
                 rows = await postgres_paging._rows(conn, sql, query)
                 assert [row[2] for row in rows] == [f"e{i}" for i in range(6) if not types or i % 2]
             assert len(rows) == expected
+            # The plan kept is the one shape that suits every subtree: its scope rows read in
+            # order, never all of them sorted (which a plan for these few rows would prefer).
+            cursor = await conn.execute(
+                "SELECT name FROM pg_prepared_statements WHERE statement LIKE %s"
+                " AND (statement LIKE %s) = %s",
+                ("%FROM event_scopes s CROSS JOIN LATERAL%", "%s.type = $%", bool(types)),
+            )
+            (name,) = [name for (name,) in await cursor.fetchall()]
+            literals = ", ".join(repr(value) for value in sql.list_sql(query)[1])
+            async with conn.transaction():
+                await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+                cursor = await conn.execute(f"EXPLAIN EXECUTE {name}({literals})")
+                plan = "\n".join(line for (line,) in await cursor.fetchall())
+            assert "Merge Append" in plan
+            assert "Sort" not in plan.replace("Sort Key", "")
         cursor = await conn.execute(
             "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
             " WHERE statement LIKE %s ORDER BY statement",
             ("%FROM event_scopes s CROSS JOIN LATERAL%",),
         )
-        assert await cursor.fetchall() == [(3, 0), (3, 0)]
+        assert await cursor.fetchall() == [(4, 0), (4, 0)]
         cursor = await conn.execute("SHOW plan_cache_mode")
         assert await cursor.fetchone() == ("auto",)
+        cursor = await conn.execute("SHOW enable_sort")
+        assert await cursor.fetchone() == ("on",)

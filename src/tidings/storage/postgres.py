@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
-import psycopg
 import structlog
 from psycopg import AsyncConnection, errors
 
@@ -60,6 +59,7 @@ from tidings.storage.postgres_partitions import (
     drop_days_before,
     ensure_partitions,
 )
+from tidings.storage.postgres_pipelined import pipelined
 from tidings.storage.postgres_pool import LastInFirstOutPool
 from tidings.storage.rows import (
     EVENT_TYPE_COLUMNS,
@@ -117,16 +117,7 @@ class PostgresStorage(Storage):
         the last, so the transaction waits only where `work` reads a result, and once at the
         end. On an error (a 409 included) it is rolled back before the connection goes back."""
         async with self._pool.connection() as conn:
-            try:
-                async with conn.pipeline():
-                    await conn.execute("BEGIN")
-                    result = await work(conn)
-                    await conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(psycopg.Error):
-                    await conn.rollback()
-                raise
-            return result
+            return await pipelined(conn, work)
 
     async def open(self) -> None:
         await self._pool.open(wait=True)

@@ -190,7 +190,8 @@ class PostgresEventSQL(querying.EventSQL):
                 "a PostgreSQL subtree's page needs the interned numbers of its query"
             )
         # Numbers are written as literals, so the planner sees their statistics (see
-        # postgres_interned); NULL, a number never interned, matches no scope row. The scope
+        # postgres_interned); NULL, a number never interned, matches no scope row. A read of
+        # every partition is the exception (see `generic`): parameters, on a plan kept. The scope
         # rows carry their event's type (0002_scope_types.sql): with one type, the page comes
         # in order from (scope, type, tx, seq), however rare the type.
         scope, types = self.numbers.scope, self.numbers.types
@@ -228,7 +229,8 @@ class PostgresEventSQL(querying.EventSQL):
 
     def _generic_condition(self) -> tuple[str, list[Any]]:
         """The scope rows' terms of a generic plan's page: the numbers and the horizon as
-        parameters, so that one statement serves every subtree."""
+        parameters, so that the statement of a query's shape (its filters, order and size)
+        serves every subtree."""
         assert self.numbers is not None
         condition, params = "s.scope = %s", [self.numbers.scope]
         if self.numbers.types is not None:

@@ -12,8 +12,9 @@ partition, on a plan kept prepared). The window's rows before that position are 
 first rows after the cursor in the whole table. When they are too few for the page (a rare
 filter), one more window, as wide as should hold a page, is tried (up to `MAX_WINDOW_DAYS`);
 otherwise (or when clocks disagreed) the whole table is read. No clock is trusted for
-correctness: the probe is what decides. A subtree's read of the whole table runs on a generic
-plan, kept prepared: planned anew, its 184 partitions cost more to plan than the page to read.
+correctness: the probe is what decides. A subtree's read of the whole table (with no type or
+one) runs on a generic plan, kept prepared: planned anew, its every partition (184 at 90 days
+of retention) cost more to plan than the page to read.
 
 Both statements run after the ingest horizon was read, so every row below it has committed
 (see `with_horizon`); the probe ignores the horizon and the filters it cannot see (all but a
@@ -26,13 +27,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from tidings import groups
 from tidings.model import EventQuery
 from tidings.storage.postgres_events import PostgresEventSQL, unpack, with_horizon
 from tidings.storage.postgres_interned import Interned, ScopeNumbers
 from tidings.storage.postgres_partitions import DAY_NS
+from tidings.storage.postgres_pipelined import pipelined
 
 FIRST_WINDOW_DAYS = 2
 # A type within a subtree is sparser: at 10,000,000 events the rarer ones hold about 60 events
@@ -144,13 +146,19 @@ async def _rows(conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQ
     if not sql.generic:
         cursor = await conn.execute(text, params)
         return [tuple(row) for row in await cursor.fetchall()]
-    # PostgreSQL keeps planning a prepared statement anew while a custom plan looks no dearer
-    # than the generic one, and here neither can prune a partition: so it is told to keep the
-    # generic plan, for this transaction only (one wait for the four statements).
-    async with conn.pipeline(), conn.transaction():
+
+    async def read(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
+        # PostgreSQL keeps planning a prepared statement anew while a custom plan looks no
+        # dearer than the generic one, and here neither can prune a partition: so it is told to
+        # keep the generic plan. Planned for no subtree in particular, that plan must still be
+        # the one shape that suits every subtree (the scope rows in order, never all of them
+        # sorted): sorting is ruled out. Both settings end with the transaction.
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        cursor = await conn.execute(text, params, prepare=True)
-        return [tuple(row) for row in await cursor.fetchall()]
+        await conn.execute("SET LOCAL enable_sort = off")
+        return await conn.execute(text, params, prepare=True)
+
+    cursor = await pipelined(conn, read)  # one wait for the five statements
+    return [tuple(row) for row in await cursor.fetchall()]
 
 
 def _before(row: tuple[Any, ...], position: tuple[int, int], descending: bool) -> bool:
