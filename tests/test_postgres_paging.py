@@ -126,8 +126,9 @@ async def test_a_subtree_read_over_every_partition_keeps_one_generic_plan(
 ) -> None:
     """Planned anew, a page over every partition cost more than reading it (at 90 days, 11 ms of
     planning for 2 to 7 ms of reading). Its statement is prepared with the subtree's numbers
-    and the horizon as parameters, and runs on the generic plan from the first read on; the
-    setting that asks for it ends with the read, so the pooled connection keeps its own."""
+    and the horizon as parameters, and runs on the generic plan from the first read on, one
+    statement whatever the size of the numbers; the settings that ask for it end with the read,
+    so the pooled connection keeps its own."""
     url = new_schema(postgres_server)
     storage = open_storage(url)
     await storage.open()
@@ -149,7 +150,9 @@ async def test_a_subtree_read_over_every_partition_keeps_one_generic_plan(
             horizon = (await with_horizon(conn)).horizon
             sql = PostgresEventSQL(horizon, numbers=numbers)
             assert sql.generic
-            for _ in range(3):
+            for horizon_now in (horizon, horizon + 2**40, horizon):  # an int4, then an int8
+                assert horizon_now is not None
+                sql = PostgresEventSQL(horizon_now, numbers=numbers)
                 rows = await postgres_paging._rows(conn, sql, query)
                 assert [row[2] for row in rows] == [f"e{i}" for i in range(6) if not types or i % 2]
             assert len(rows) == expected

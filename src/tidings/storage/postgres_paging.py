@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from psycopg import AsyncConnection, AsyncCursor
+from psycopg.types.numeric import Int8
 
 from tidings import groups
 from tidings.model import EventQuery
@@ -155,7 +156,11 @@ async def _rows(conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQ
         # sorted): sorting is ruled out. Both settings end with the transaction.
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await conn.execute("SET LOCAL enable_sort = off")
-        return await conn.execute(text, params, prepare=True)
+        # psycopg sends an int as the smallest integer type that holds it, and keeps a prepared
+        # statement (a generic plan of about 2 MB here) per text and types: as bigints, the
+        # numbers of every subtree and cursor share one.
+        same_types = [Int8(value) if type(value) is int else value for value in params]
+        return await conn.execute(text, same_types, prepare=True)
 
     cursor = await pipelined(conn, read)  # one wait for the five statements
     return [tuple(row) for row in await cursor.fetchall()]
