@@ -21,7 +21,7 @@ from tests.databases import new_schema
 from tidings import groups, wire
 from tidings.model import EventQuery, StoredEvent
 from tidings.storage import open_storage, postgres_paging
-from tidings.storage.postgres_events import PostgresEventSQL, with_horizon
+from tidings.storage.postgres_events import PostgresEventSQL, pack, with_horizon
 from tidings.storage.postgres_interned import Interned
 from tidings.storage.postgres_partitions import DAY_NS
 
@@ -181,3 +181,34 @@ async def test_a_subtree_read_over_every_partition_keeps_one_generic_plan(
         assert await cursor.fetchone() == ("auto",)
         cursor = await conn.execute("SHOW enable_sort")
         assert await cursor.fetchone() == ("on",)
+
+
+async def test_the_prepared_statements_of_pages_do_not_multiply_with_the_size_of_numbers(
+    postgres_server: str,
+) -> None:
+    """psycopg sends each int as the smallest integer type that holds it, and prepares a
+    statement per text and types: the probe past a window and the lookup of a cursor's stored
+    time take bigints, so cursors small and large share one statement each (and its plans)."""
+    url = new_schema(postgres_server)
+    storage = open_storage(url)
+    await storage.open()
+    root = groups.new_root()
+    try:
+        await storage.ingest([wire.parse_event(event(root, id="e0"))], time.time_ns())
+    finally:
+        await storage.close()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for seq in (5, 2**40, 70_000, 5):
+            after = pack(3, seq)
+            query = EventQuery(scope=root, after=after, limit=101)
+            await postgres_paging.list_page(conn, query, Interned())
+            span = postgres_paging.window(time.time_ns(), 2, False)
+            await postgres_paging._rows_and_nearest(
+                conn, PostgresEventSQL(2**50, span), query, span
+            )
+        cursor = await conn.execute(
+            "SELECT count(*) FILTER (WHERE statement LIKE '%UNION ALL%'),"
+            " count(*) FILTER (WHERE statement LIKE '%ingest_horizon()%')"
+            " FROM pg_prepared_statements"
+        )
+        assert await cursor.fetchone() == (1, 1)

@@ -25,7 +25,8 @@ row.
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, overload
 
 from psycopg import AsyncConnection, AsyncCursor
 from psycopg.types.numeric import Int8
@@ -81,6 +82,27 @@ _PROBES = {
 }
 
 
+@overload
+def bigints(params: Sequence[Any]) -> list[Any]: ...
+@overload
+def bigints(params: Mapping[str, Any]) -> dict[str, Any]: ...
+def bigints(params: Sequence[Any] | Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+    """The parameters of a prepared statement with every int sent as a bigint.
+
+    psycopg sends an int as the smallest integer type that holds it, and prepares a statement
+    per text and parameter types: a cursor's small and large numbers each had their own, and
+    each paid for its own plans (a generic plan over every partition, PostgreSQL's comparison
+    of custom and generic plans: a few milliseconds at a statement's first uses on a
+    connection). As bigints, they share one."""
+
+    def wide(value: Any) -> Any:
+        return Int8(value) if type(value) is int else value
+
+    if isinstance(params, Mapping):
+        return {name: wide(value) for name, value in params.items()}
+    return [wide(value) for value in params]
+
+
 def _probed_rows(query: EventQuery, numbers: ScopeNumbers | None) -> tuple[str, dict[str, Any]]:
     """What the probe of `query` looks among, and the parameters naming them: a subtree's
     scope rows (with its one type), else the tenant's events (a page at the root, or of
@@ -107,7 +129,7 @@ async def _horizon_and_anchor(
     cursor says, or looked up in every partition for a cursor that does not: None if it has
     expired), now for a first page in descending order, None for one in ascending order."""
     if query.after is not None and query.after_stored_ns is None:
-        cursor = await conn.execute(_HORIZON_AND_ANCHOR, unpack(query.after), prepare=True)
+        cursor = await conn.execute(_HORIZON_AND_ANCHOR, bigints(unpack(query.after)), prepare=True)
         row = await cursor.fetchone()
         assert row is not None
         return int(row[0]), (None if row[1] is None else int(row[1]))
@@ -133,7 +155,7 @@ async def _rows_and_nearest(
         rows = await conn.execute(text, values)
         nearest = await conn.execute(
             _PROBES[probed, query.descending],
-            {**params, "tx": tx, "seq": seq, "first": span[0], "end": span[1]},
+            bigints({**params, "tx": tx, "seq": seq, "first": span[0], "end": span[1]}),
             prepare=True,
         )
         found = [tuple(row) for row in await rows.fetchall()]
@@ -156,11 +178,7 @@ async def _rows(conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQ
         # sorted): sorting is ruled out. Both settings end with the transaction.
         await conn.execute("SET LOCAL plan_cache_mode = force_generic_plan")
         await conn.execute("SET LOCAL enable_sort = off")
-        # psycopg sends an int as the smallest integer type that holds it, and keeps a prepared
-        # statement (a generic plan of about 2 MB here) per text and types: as bigints, the
-        # numbers of every subtree and cursor share one.
-        same_types = [Int8(value) if type(value) is int else value for value in params]
-        return await conn.execute(text, same_types, prepare=True)
+        return await conn.execute(text, bigints(params), prepare=True)
 
     cursor = await pipelined(conn, read)  # one wait for the five statements
     return [tuple(row) for row in await cursor.fetchall()]
