@@ -26,7 +26,7 @@ from tidings.storage.postgres_interned import Interned
 from tidings.storage.postgres_partitions import DAY_NS
 
 # Days before today some ingests store their event on (the rest: today): a day or a week back
-# (inside the windows), a month back (past the widest window).
+# (inside the widest window), a month back (past it).
 DAYS_BACK = {10: 1, 20: 30, 35: 7, 50: 30, 60: 1}
 RARE = "dev.example.rare.v1"
 
@@ -127,7 +127,7 @@ async def test_a_subtree_read_over_every_partition_keeps_one_generic_plan(
     """Planned anew, a page over every partition cost more than reading it (at 90 days, 11 ms of
     planning for 2 to 7 ms of reading). Its statement is prepared with the subtree's numbers
     and the horizon as parameters, and runs on the generic plan from the first read on, one
-    statement whatever the size of the numbers; the settings that ask for it end with the read,
+    statement whatever the size of its horizon; the settings that ask for it end with the read,
     so the pooled connection keeps its own."""
     url = new_schema(postgres_server)
     storage = open_storage(url)
@@ -150,7 +150,7 @@ async def test_a_subtree_read_over_every_partition_keeps_one_generic_plan(
             horizon = (await with_horizon(conn)).horizon
             sql = PostgresEventSQL(horizon, numbers=numbers)
             assert sql.generic
-            for horizon_now in (horizon, horizon + 2**40, horizon):  # an int4, then an int8
+            for horizon_now in (horizon, horizon + 2**40, horizon):  # a small int, then an int8
                 assert horizon_now is not None
                 sql = PostgresEventSQL(horizon_now, numbers=numbers)
                 rows = await postgres_paging._rows(conn, sql, query)

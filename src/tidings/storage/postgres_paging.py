@@ -43,7 +43,8 @@ FIRST_WINDOW_DAYS = 2
 # a day in a child's subtree, so two days held too few rows for a fifth of such pages, each then
 # read twice (p99 of the storage's reads 11 to 17 ms; with four days, 9 to 10 ms). Four days
 # still held too few for 4.6% of them, the tail of their p99 (12 to 16 ms a request, with every
-# block cached); six days for none (10 to 12 ms), at two more partitions planned a page.
+# block cached); six days for none (10 to 12 ms), at two more days' partitions (of the scope
+# rows and of the events) planned a page.
 FIRST_WINDOW_DAYS_TYPE_IN_SUBTREE = 6
 # The widest window tried before the whole table: wider ones plan and open as many partitions.
 MAX_WINDOW_DAYS = 16

@@ -18,8 +18,9 @@ async def pipelined(
     conn: AsyncConnection[Any], work: Callable[[AsyncConnection[Any]], Awaitable[T]]
 ) -> T:
     """Run `work` in one transaction on `conn` (idle, outside a transaction), in pipeline
-    mode. On an error (a 409 included) the transaction is rolled back before it returns, so
-    the connection goes back to its pool clean, with none of the transaction's settings."""
+    mode. On an error (a 409 included) the transaction is rolled back before the error goes
+    on, so the connection goes back to its pool clean, with none of the transaction's
+    settings (psycopg's rollback also deallocates the connection's prepared statements)."""
     try:
         async with conn.pipeline():
             await conn.execute("BEGIN")
