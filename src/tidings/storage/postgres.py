@@ -113,9 +113,7 @@ class PostgresStorage(Storage):
             return await work(conn)
 
     async def _run_pipelined(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """`_run` in pipeline mode: BEGIN goes out with the first statements and COMMIT with
-        the last, so the transaction waits only where `work` reads a result, and once at the
-        end. On an error (a 409 included) it is rolled back before the connection goes back."""
+        """`_run` in pipeline mode, on a pooled connection (see `pipelined`)."""
         async with self._pool.connection() as conn:
             return await pipelined(conn, work)
 
