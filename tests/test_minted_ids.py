@@ -55,12 +55,19 @@ async def stored_ids(storage: Storage, root: str) -> list[str]:
 async def test_a_minted_id_names_the_millisecond_its_event_was_stored_in(
     storage: Storage,
 ) -> None:
+    """A batch's ids take one 1/4096 ms step each from its stored time: 20 stored at the start
+    of a millisecond all name it; 20 stored in its last step spill into the next."""
     root = groups.new_root()
-    stored_at = time.time_ns() - 30 * DAY_NS + 123_456_789
-    results = await storage.ingest([without_id(root) for _ in range(20)], stored_at)
-    ids = [result.event.id for result in results]
-    assert ids == sorted(ids)
-    assert {minted_ms(event_id) for event_id in ids} == {stored_at // 1_000_000}
+    ms_start = (time.time_ns() - 30 * DAY_NS) // 1_000_000 * 1_000_000 + 123_000_000
+    last_step = ms_start + 1_000_000 - 1
+    named: list[set[int | None]] = []
+    for stored_at in (ms_start, last_step):
+        results = await storage.ingest([without_id(root) for _ in range(20)], stored_at)
+        ids = [result.event.id for result in results]
+        assert ids == sorted(ids)
+        named.append({minted_ms(event_id) for event_id in ids})
+    ms = ms_start // 1_000_000
+    assert named == [{ms}, {ms, ms + 1}]
 
 
 @pytest.mark.parametrize("days_ago", [0, 30])
