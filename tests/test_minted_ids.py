@@ -114,7 +114,7 @@ async def test_a_producers_uuid7_naming_a_stored_millisecond_is_its_own_event(
     """An id in the form tidings mints that names no stored event is stored (and deduplicated)
     like any id a producer gives."""
     root = groups.new_root()
-    now = time.time_ns()
+    now = time.time_ns() // 1_000_000 * 1_000_000  # a millisecond's start: room for both ids
     [minted] = await storage.ingest([without_id(root)], now)
     [own_id] = uuid7s(1, now)
     assert own_id != minted.event.id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -135,21 +136,25 @@ async def test_a_key_fetch_does_not_block_the_event_loop(issuer: Issuer, clock: 
         return served(url)
 
     slow = Verifier(ISSUER, TEAM, fetch=slow_fetch, clock=clock.seconds)
-    ticks = 0
+    ticks: list[float] = []
 
     async def ticker() -> None:
-        nonlocal ticks
         while True:
-            ticks += 1
+            ticks.append(time.monotonic())
             await asyncio.sleep(0.01)
 
     running = asyncio.create_task(ticker())
     headers, body = delivery(await issuer.token_for(TEAM))
     async with asgi(starlette_app(slow, [])) as client:
+        ticks.append(time.monotonic())
         response = await client.post("/hook", headers=headers, content=body)
+        ticks.append(time.monotonic())
     running.cancel()
     assert response.status_code == 204
-    assert ticks >= 20  # two fetches of 0.2 s: a blocked loop would tick about once
+    # Each fetch sleeps 0.2 s: a loop blocked by it would go that long between two ticks (the
+    # request's start and end are ticks too).
+    assert ticks[-1] - ticks[0] >= 0.4
+    assert max(later - earlier for earlier, later in itertools.pairwise(ticks)) < 0.15
 
 
 # --- WSGI --------------------------------------------------------------------------------------

@@ -6,10 +6,13 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests import databases
 from tests.conftest import event, migrated_before
 from tidings import groups, wire
 from tidings.model import EventQuery, Subscription
+from tidings.storage import sqlite_indexer
 from tidings.storage.sqlite import SQLiteStorage, apply_migrations
 
 NOW = 1_780_000_000 * 10**9
@@ -42,8 +45,15 @@ async def wait_for_mark(path: Path, position: int) -> None:
 storage = databases.sqlite_storage  # the fixture, under the name these tests use
 
 
+@pytest.fixture
+def indexer_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The indexer's own run comes a minute after an ingest: what a test reads before it is
+    not indexed, however slow the machine."""
+    monkeypatch.setattr(sqlite_indexer, "DELAY_S", 60)
+
+
 async def test_a_subtree_read_finds_an_event_stored_just_before(
-    storage: SQLiteStorage, tmp_path: Path
+    storage: SQLiteStorage, tmp_path: Path, indexer_waits: None
 ) -> None:
     """Read your writes below the root: a list, a count, stats and a lookup by id, each right
     after an ingest and before the indexer's own run, see the event."""
@@ -99,7 +109,7 @@ async def test_an_event_is_seen_from_the_groups_it_is_shared_with(
 
 
 async def test_a_replay_below_the_root_queues_events_not_yet_indexed(
-    storage: SQLiteStorage, tmp_path: Path
+    storage: SQLiteStorage, tmp_path: Path, indexer_waits: None
 ) -> None:
     """A replay of a subtree's subscription made right after an ingest queues the new event."""
     root = groups.new_root()
