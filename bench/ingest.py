@@ -55,7 +55,6 @@ from starlette.responses import Response
 
 import report
 from tidings import groups, wire
-from tidings.api.access import new_token
 from tidings.catalog import builtin_types
 from tidings.ids import uuid7
 from tidings.model import EventInput, Group
@@ -63,6 +62,7 @@ from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
 from tidings.storage.sqlite import SQLiteStorage, apply_migrations
 from tidings.timestamps import from_ns
+from tidings.tokens import new_token
 
 BENCH_DIR = Path(__file__).resolve().parent
 # Bump when the generated events change, so that a kept list database is rebuilt.

@@ -16,11 +16,11 @@ from tests import databases
 from tests.receivers import receivers  # noqa: F401 (a fixture for every test module)
 from tidings import groups
 from tidings.api import create_app
-from tidings.api.access import new_token
 from tidings.config import Settings
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
 from tidings.storage.sqlite import split_statements
+from tidings.tokens import new_token
 
 TEST_TYPE = "dev.example.widget.created.v1"
 

@@ -20,8 +20,8 @@ import pytest
 from tests.receivers import Receiver
 from tests.servers import TIDINGS, Server, serving, tidings_env
 from tidings import groups
-from tidings.api.access import new_token
 from tidings.storage.sqlite import SQLiteStorage
+from tidings.tokens import new_token
 
 TYPE = "dev.example.widget.created.v1"
 START_TIMEOUT = 20.0

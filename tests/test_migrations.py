@@ -10,11 +10,10 @@ import pytest
 
 from tests.conftest import event
 from tidings import groups, wire
-from tidings.api.access import new_token
 from tidings.model import EventQuery, Group
 from tidings.storage.migrations import migration_files
 from tidings.storage.sqlite import SQLiteStorage, apply_migrations
-from tidings.tokens import hash_secret
+from tidings.tokens import hash_secret, new_token
 
 CORE_TABLES = {"schema_migrations", "secrets", "groups", "tokens", "events", "event_scopes"}
 NOW = 1_700_000_000_000_000_000

@@ -12,7 +12,6 @@ import uvloop
 from rich.table import Table
 
 from tidings import groups
-from tidings.api.access import new_token
 from tidings.cli_common import (
     DEFAULT_URL,
     TokenOption,
@@ -33,6 +32,7 @@ from tidings.model import Group
 from tidings.storage import storage_for
 from tidings.storage.base import Storage
 from tidings.subscriptions_cli import deliveries_app, subscriptions_app
+from tidings.tokens import new_token
 from tidings.webhooks_cli import webhooks_app
 
 app = typer.Typer(help="tidings: a self-hosted events service for platforms.", no_args_is_help=True)

@@ -98,9 +98,9 @@ def _bootstrap(database: Path, tree: _Tree) -> dict[str, str]:
     """Create the demo's groups and tokens straight in the database."""
     import asyncio
 
-    from tidings.api.access import new_token
     from tidings.model import Group
     from tidings.storage.sqlite import SQLiteStorage
+    from tidings.tokens import new_token
 
     async def work() -> dict[str, str]:
         storage = SQLiteStorage(str(database))

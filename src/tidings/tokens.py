@@ -122,3 +122,26 @@ class TokenCache:
     def clear(self) -> None:
         """Forget every token (after one was deleted)."""
         self._tokens.clear()
+
+
+def new_token(
+    group: str,
+    roles: list[str],
+    name: str | None,
+    subject: str | None,
+    expires_ns: int | None,
+    now_ns: int,
+) -> tuple[Token, str]:
+    """A new token record and its secret (which is not stored)."""
+    secret = new_secret()
+    token = Token(
+        id=new_token_id(),
+        group=group,
+        roles=parse_roles(roles),
+        name=name,
+        subject=subject,
+        expires_ns=expires_ns,
+        created_ns=now_ns,
+        secret_hash=hash_secret(secret),
+    )
+    return token, secret

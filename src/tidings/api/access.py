@@ -7,12 +7,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from tidings import groups, tokens
+from tidings import groups
 from tidings.api.auth import authenticate
 from tidings.api.state import state_of
 from tidings.errors import BadRequest, NotFound
 from tidings.model import Group, Token
 from tidings.timestamps import from_ns, parse
+from tidings.tokens import new_token
 
 router = APIRouter(tags=["access"])
 
@@ -92,29 +93,6 @@ async def create_token(request: Request, spec: TokenCreate) -> dict[str, Any]:
     token, secret = new_token(group, spec.roles, spec.name, spec.subject, expires_ns, now)
     await state.storage.create_token(token)
     return token_json(token, secret)
-
-
-def new_token(
-    group: str,
-    roles: list[str],
-    name: str | None,
-    subject: str | None,
-    expires_ns: int | None,
-    now_ns: int,
-) -> tuple[Token, str]:
-    """A new token record and its secret (which is not stored)."""
-    secret = tokens.new_secret()
-    token = Token(
-        id=tokens.new_token_id(),
-        group=group,
-        roles=tokens.parse_roles(roles),
-        name=name,
-        subject=subject,
-        expires_ns=expires_ns,
-        created_ns=now_ns,
-        secret_hash=tokens.hash_secret(secret),
-    )
-    return token, secret
 
 
 @router.get("/v1/tokens")
