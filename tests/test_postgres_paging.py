@@ -73,7 +73,7 @@ async def test_pages_from_windows_are_the_pages_of_the_whole_table(
     await storage.open()
     root = groups.new_root()
     team = groups.new_child(root)
-    today = time.time_ns()
+    today = time.time_ns() // DAY_NS * DAY_NS - DAY_NS // 2  # noon yesterday, whenever it runs
     stored: list[tuple[str, str, str]] = []  # (id, group, type) in ingest order
     pages = 0
     try:
