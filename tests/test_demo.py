@@ -1,10 +1,14 @@
-"""`tidings demo --once`: it runs, reports what it emitted, and leaves a queryable database."""
+"""`tidings demo`: it runs, reports what it emitted, leaves a queryable database with --once, and
+removes it when stopped while serving."""
 
 from __future__ import annotations
 
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -245,3 +249,49 @@ def test_demo_events_keep_no_placeholder_texts(demo: Demo, server: Server) -> No
         if PLACEHOLDER.search(text)
     }
     assert leftovers == set()
+
+
+def test_a_served_demo_removes_its_database_when_interrupted(tmp_path: Path) -> None:
+    """Served (no --once), the demo stops on SIGTERM (as on Ctrl-C) and removes its database."""
+    env = tidings_env() | {"TMPDIR": str(tmp_path), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(
+        [TIDINGS, "demo", "--port", str(free_port())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + TIMEOUT
+        for line in process.stdout:
+            if "Serving until you press Ctrl-C" in line or time.monotonic() > deadline:
+                break
+        assert [path.name[:13] for path in tmp_path.iterdir()] == ["tidings-demo-"]
+        process.send_signal(signal.SIGTERM)
+        rest, errors = process.communicate(timeout=TIMEOUT)
+    finally:
+        process.kill()
+    assert process.returncode == 0, errors
+    assert "Stopped; the demo's database" in rest
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_demo_on_a_taken_port_says_so_and_leaves_nothing(tmp_path: Path) -> None:
+    """A port in use is a one-line error naming --port, exit code 1, and no database left."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = subprocess.run(
+            [TIDINGS, "demo", "--once", "--port", str(taken.getsockname()[1])],
+            env=tidings_env() | {"TMPDIR": str(tmp_path)},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "did not start on port" in result.stderr
+    assert "choose another with --port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []

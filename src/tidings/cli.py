@@ -111,9 +111,12 @@ def demo(
     ] = False,
 ) -> None:
     """Start the service on a temporary database and fill it with realistic events."""
-    from tidings.demo import run_demo
+    from tidings.demo import DemoNotStarted, run_demo
 
-    run_demo(port=port, once=once, console=out)
+    try:
+        run_demo(port=port, once=once, console=out)
+    except DemoNotStarted as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command("retention")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import random
 import re
+import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -82,16 +84,23 @@ def _realistic(example: dict[str, Any], tree: _Tree, index: int, now_ns: int) ->
     }
 
 
-def _start(settings: Settings, port: int) -> uvicorn.Server:
+class DemoNotStarted(Exception):
+    """The demo's service did not start (most often: its port is taken)."""
+
+
+def _start(settings: Settings, port: int) -> tuple[uvicorn.Server, threading.Thread]:
     server = uvicorn.Server(uvicorn_config(create_app(settings), "127.0.0.1", port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"the demo service did not start on port {port}")
+            raise DemoNotStarted(
+                f"the demo service did not start on port {port}; if it is taken, choose"
+                " another with --port"
+            )
         time.sleep(0.05)
-    return server
+    return server, thread
 
 
 def _bootstrap(database: Path, tree: _Tree) -> dict[str, str]:
@@ -132,13 +141,20 @@ def _bootstrap(database: Path, tree: _Tree) -> dict[str, str]:
 
 
 def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str, Any]:
-    """Run the demo; serve until interrupted unless `once`. Returns what it made."""
+    """Run the demo; serve until interrupted unless `once`. Returns what it made.
+
+    Served, the demo stops on Ctrl-C or SIGTERM and removes its database; with `once` the
+    database is left for the caller to query (and remove)."""
     workdir = Path(tempfile.mkdtemp(prefix="tidings-demo-"))
     database = workdir / "tidings.db"
     settings = Settings(database_url=f"sqlite:///{database}")
     tree = _Tree(random.Random(seed))
-    made_tokens = _bootstrap(database, tree)
-    server = _start(settings, port)
+    try:
+        made_tokens = _bootstrap(database, tree)
+        server, thread = _start(settings, port)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     url = f"http://127.0.0.1:{port}"
     producer = Client(url, made_tokens["producer"])
     now = time.time_ns()
@@ -162,11 +178,15 @@ def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str
         server.should_exit = True
         return result
     console.print("\nServing until you press Ctrl-C.")
+    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
     try:
         while not server.should_exit:
             time.sleep(0.5)
     except KeyboardInterrupt:
         server.should_exit = True
+    thread.join(15)
+    shutil.rmtree(workdir, ignore_errors=True)
+    console.print(f"Stopped; the demo's database ({workdir}) is removed.")
     return result
 
 
@@ -200,7 +220,7 @@ def _report(
         f"export TIDINGS_URL={url}",
         f"export TIDINGS_TOKEN={made_tokens['owner']}",
         "tidings events list --type 'dev.chainguard.api.iam.*'",
-        f"tidings events list --group {tree.platform} --order desc --limit 5",
+        f"tidings events list --group {tree.platform} --order desc",
         "tidings events stats --by type --chart",
         f"curl -s -H \"Authorization: Bearer $TIDINGS_TOKEN\" '{url}/v1/events?limit=2'",
         f"TIDINGS_TOKEN={made_tokens['payments-viewer']} tidings events list   "
