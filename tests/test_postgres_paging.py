@@ -25,8 +25,8 @@ from tidings.storage.postgres_events import PostgresEventSQL, pack, with_horizon
 from tidings.storage.postgres_interned import Interned
 from tidings.storage.postgres_partitions import DAY_NS
 
-# Days before today some ingests store their event on (the rest: today): a day or a week back
-# (inside the widest window), a month back (past it).
+# Days before noon yesterday some ingests store their event on (the rest: that day): a day or a
+# week back (inside the widest window), a month back (past it).
 DAYS_BACK = {10: 1, 20: 30, 35: 7, 50: 30, 60: 1}
 RARE = "dev.example.rare.v1"
 
@@ -73,7 +73,7 @@ async def test_pages_from_windows_are_the_pages_of_the_whole_table(
     await storage.open()
     root = groups.new_root()
     team = groups.new_child(root)
-    today = time.time_ns() // DAY_NS * DAY_NS - DAY_NS // 2  # noon yesterday, whenever it runs
+    noon_yesterday = time.time_ns() // DAY_NS * DAY_NS - DAY_NS // 2  # whenever the test runs
     stored: list[tuple[str, str, str]] = []  # (id, group, type) in ingest order
     pages = 0
     try:
@@ -81,7 +81,7 @@ async def test_pages_from_windows_are_the_pages_of_the_whole_table(
             group = rng.choice((root, team))
             type_ = RARE if index % 9 == 4 else "dev.example.widget.created.v1"
             body = event(group, id=f"e{index}", type=type_)
-            now = today - DAYS_BACK.get(index, 0) * DAY_NS - rng.randrange(DAY_NS // 4)
+            now = noon_yesterday - DAYS_BACK.get(index, 0) * DAY_NS - rng.randrange(DAY_NS // 4)
             await storage.ingest([wire.parse_event(body)], now)
             stored.append((f"e{index}", group, type_))
         for scope, types in ((root, ()), (team, ()), (root, (RARE,)), (team, (RARE,))):

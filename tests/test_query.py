@@ -389,12 +389,13 @@ def test_lengthened_cursor_is_a_400(client: TestClient, tenant: Tenant) -> None:
     assert_error(get(client, tenant.viewer, cursor=longer), 400, "bad_request")
 
 
+FORGED_CURSOR = base64.urlsafe_b64encode(random.Random(21).randbytes(21)).decode()  # same each run
+
+
 @pytest.mark.parametrize(
     "cursor",
     [
-        base64.urlsafe_b64encode(
-            random.Random(21).randbytes(21)
-        ).decode(),  # a forged one, the same in every run
+        FORGED_CURSOR,
         base64.urlsafe_b64encode(b"\x01" + b"\x00" * 7 + b"\x01" + b"\x00" * 12).decode(),
         "not a cursor!",
         "café",

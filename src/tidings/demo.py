@@ -7,11 +7,13 @@ tree; then the demo shows what it did and how to query it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import re
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import time
@@ -143,19 +145,56 @@ def _bootstrap(database: Path, tree: _Tree) -> dict[str, str]:
 def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str, Any]:
     """Run the demo; serve until interrupted unless `once`. Returns what it made.
 
-    Served, the demo stops on Ctrl-C or SIGTERM and removes its database; with `once` the
-    database is left for the caller to query (and remove)."""
+    Served, the demo stops on Ctrl-C or SIGTERM (at any point) and removes its database; with
+    `once` the database is left for the caller to query (and remove)."""
+    _check_port_free(port)
     workdir = Path(tempfile.mkdtemp(prefix="tidings-demo-"))
-    database = workdir / "tidings.db"
-    settings = Settings(database_url=f"sqlite:///{database}")
-    tree = _Tree(random.Random(seed))
+    previous = None if once else signal.signal(signal.SIGTERM, signal.default_int_handler)
+    running: tuple[uvicorn.Server, threading.Thread] | None = None
+    kept = False
     try:
+        database = workdir / "tidings.db"
+        tree = _Tree(random.Random(seed))
         made_tokens = _bootstrap(database, tree)
-        server, thread = _start(settings, port)
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    url = f"http://127.0.0.1:{port}"
+        running = _start(Settings(database_url=f"sqlite:///{database}"), port)
+        result = _fill(console, f"http://127.0.0.1:{port}", tree, made_tokens, database)
+        if once:
+            kept = True
+            return result
+        console.print("\nServing until you press Ctrl-C.")
+        with contextlib.suppress(KeyboardInterrupt):
+            while not running[0].should_exit:
+                time.sleep(0.5)
+        return result
+    finally:
+        if running is not None:
+            running[0].should_exit = True
+            running[1].join(15)
+        if not kept and (running is None or not running[1].is_alive()):
+            shutil.rmtree(workdir, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if running is not None and not once:
+            state = "kept" if workdir.exists() else "removed"
+            console.print(f"Stopped; the demo's database ({workdir}) is {state}.")
+
+
+def _check_port_free(port: int) -> None:
+    """Refuse a port something listens on before making anything (the server checks again)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise DemoNotStarted(
+                f"port {port} is taken ({exc.strerror}); choose another with --port"
+            ) from None
+
+
+def _fill(
+    console: Console, url: str, tree: _Tree, made_tokens: dict[str, str], database: Path
+) -> dict[str, Any]:
+    """Emit every Chainguard example through the API, report it, and return what was made."""
     producer = Client(url, made_tokens["producer"])
     now = time.time_ns()
     by_group: Counter[str] = Counter()
@@ -166,7 +205,7 @@ def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str
     finally:
         producer.close()
     _report(console, url, tree, made_tokens, by_group, database)
-    result = {
+    return {
         "url": url,
         "database": str(database),
         "tokens": made_tokens,
@@ -174,20 +213,6 @@ def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str
         "payments": tree.payments,
         "emitted": sum(by_group.values()),
     }
-    if once:
-        server.should_exit = True
-        return result
-    console.print("\nServing until you press Ctrl-C.")
-    signal.signal(signal.SIGTERM, lambda *_: setattr(server, "should_exit", True))
-    try:
-        while not server.should_exit:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        server.should_exit = True
-    thread.join(15)
-    shutil.rmtree(workdir, ignore_errors=True)
-    console.print(f"Stopped; the demo's database ({workdir}) is removed.")
-    return result
 
 
 def _report(
