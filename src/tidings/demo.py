@@ -161,8 +161,8 @@ def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str
         if once:
             kept = True
             return result
-        console.print("\nServing until you press Ctrl-C.")
-        with contextlib.suppress(KeyboardInterrupt):
+        with contextlib.suppress(KeyboardInterrupt):  # from the moment it says so
+            console.print("\nServing until you press Ctrl-C.")
             while not running[0].should_exit:
                 time.sleep(0.5)
         return result
