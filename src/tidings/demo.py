@@ -150,31 +150,32 @@ def run_demo(port: int, once: bool, console: Console, seed: int = 7) -> dict[str
     _check_port_free(port)
     workdir = Path(tempfile.mkdtemp(prefix="tidings-demo-"))
     previous = None if once else signal.signal(signal.SIGTERM, signal.default_int_handler)
-    running: tuple[uvicorn.Server, threading.Thread] | None = None
+    server: uvicorn.Server | None = None
+    thread: threading.Thread | None = None
     kept = False
     try:
         database = workdir / "tidings.db"
         tree = _Tree(random.Random(seed))
         made_tokens = _bootstrap(database, tree)
-        running = _start(Settings(database_url=f"sqlite:///{database}"), port)
+        server, thread = _start(Settings(database_url=f"sqlite:///{database}"), port)
         result = _fill(console, f"http://127.0.0.1:{port}", tree, made_tokens, database)
         if once:
             kept = True
             return result
         with contextlib.suppress(KeyboardInterrupt):  # from the moment it says so
             console.print("\nServing until you press Ctrl-C.")
-            while not running[0].should_exit:
+            while not server.should_exit:
                 time.sleep(0.5)
         return result
     finally:
-        if running is not None:
-            running[0].should_exit = True
-            running[1].join(15)
-        if not kept and (running is None or not running[1].is_alive()):
+        if server is not None and thread is not None:
+            server.should_exit = True
+            thread.join(15)
+        if not kept and (thread is None or not thread.is_alive()):
             shutil.rmtree(workdir, ignore_errors=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-        if running is not None and not once:
+        if thread is not None and not once:
             state = "kept" if workdir.exists() else "removed"
             console.print(f"Stopped; the demo's database ({workdir}) is {state}.")
 

@@ -169,11 +169,8 @@ async def _rows_and_nearest(
 async def _rows(conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQuery) -> list[Any]:
     """The rows of `list_sql` over every partition: for a subtree, on a plan kept prepared."""
     text, params = sql.list_sql(query)
-    if not sql.generic:
-        cursor = await conn.execute(text, params)
-        return [tuple(row) for row in await cursor.fetchall()]
 
-    async def read(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
+    async def read_generic(conn: AsyncConnection[Any]) -> AsyncCursor[Any]:
         # PostgreSQL keeps planning a prepared statement anew while a custom plan looks no
         # dearer than the generic one, and here neither can prune a partition: so it is told to
         # keep the generic plan. Planned for no subtree in particular, that plan must still be
@@ -183,7 +180,10 @@ async def _rows(conn: AsyncConnection[Any], sql: PostgresEventSQL, query: EventQ
         await conn.execute("SET LOCAL enable_sort = off")
         return await conn.execute(text, bigints(params), prepare=True)
 
-    cursor = await pipelined(conn, read)  # one wait for the five statements
+    if sql.generic:
+        cursor = await pipelined(conn, read_generic)  # one wait for the five statements
+    else:
+        cursor = await conn.execute(text, params)
     return [tuple(row) for row in await cursor.fetchall()]
 
 
