@@ -77,12 +77,63 @@ async def test_batches_holding_the_same_ids_in_opposite_orders_do_not_deadlock(
     assert sorted(found.id for found in stored) == ["a", "b"]
 
 
-def test_a_long_text_holding_the_unit_separator_is_refused_not_split() -> None:
-    """The batch's long texts travel separator-ended: one holding the separator would shift
-    every value after it onto the next event."""
+def test_a_text_holding_the_unit_separator_is_refused_not_split() -> None:
+    """The batch's columns travel as texts of separator-ended values: one holding the
+    separator would shift every value after it onto the next event."""
     assert _texts(["{}", ""]) == "{}\x1f\x1f"
+    assert _texts([]) == ""
     with pytest.raises(ValueError, match="unit separator"):
         _texts(["{}", "a\x1fb"])
+
+
+async def test_every_column_of_a_batch_reads_back_as_sent_whatever_text_it_holds(
+    postgres_server: str,
+) -> None:
+    """A batch's columns travel as separator-ended texts, and the actor, the eventkey and the
+    payload as JSON: texts holding the separators, quotes and newlines, absent subjects and
+    eventkeys, and a time with its own digits each land in their own event's row."""
+    url = new_schema(postgres_server)
+    storage = open_storage(url)
+    await storage.open()
+    try:
+        root = groups.new_root()
+        child = f"{root}/team"
+        tricky = 'a\x1fb\x1ec "q" \\ \n end'
+        sent = [
+            event(root, id="plain", subject=None),
+            event(
+                child,
+                id="tricky",
+                eventkey="key\x1f1",
+                time="2026-01-02T03:04:05.12Z",
+                allowedroles="viewer",
+                data={"actor": {"subject": tricky}, "body": {"note": tricky}},
+            ),
+            event(child, id="third", subject=f"{child}/s"),
+        ]
+        now_ns = time.time_ns()
+        sent_ns = 1_767_323_045_120_000_000  # 2026-01-02T03:04:05.12Z
+        results = await storage.ingest([wire.parse_event(e) for e in sent], now_ns)
+        assert [r.created for r in results] == [True, True, True]
+        assert query(
+            url,
+            "SELECT id, group_path, subject, actor, eventkey, roles_mask, time_ns, time_digits"
+            " FROM events ORDER BY seq",
+        ) == [
+            ("plain", root, None, "user-1", None, 0, now_ns, 6),
+            ("tricky", child, f"{child}/0123456789abcdef", tricky, "key\x1f1", 1, sent_ns, 2),
+            ("third", child, f"{child}/s", "user-1", None, 0, now_ns, 6),
+        ]
+        stored = await storage.list_events(EventQuery(scope=root, limit=10, descending=False))
+        assert [(e.id, e.attributes, e.data) for e in stored] == [
+            (r.event.id, r.event.attributes, r.event.data) for r in results
+        ]
+        assert orjson.loads(stored[1].data)["actor"]["subject"] == tricky
+        assert orjson.loads(stored[1].attributes)["eventkey"] == "key\x1f1"
+        [found] = await storage.list_events(EventQuery(scope=child, limit=10, actor=tricky))
+        assert found.id == "tricky"
+    finally:
+        await storage.close()
 
 
 async def test_only_the_ids_producers_give_take_a_deduplication_row(postgres_server: str) -> None:
