@@ -101,3 +101,8 @@ def _days_in(year: int, month: int) -> int:
 def from_ns(ns: int, digits: int = 6) -> Timestamp:
     """A timestamp from nanoseconds since the epoch."""
     return Timestamp(ns, digits)
+
+
+def render_ns(ns: int, digits: int = 6) -> str:
+    """`from_ns(ns, digits).render()`, without making the Timestamp (once an event on pages)."""
+    return _render(ns, digits)

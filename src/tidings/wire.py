@@ -339,7 +339,7 @@ def compose_attributes(
     attributes["datacontenttype"] = JSON
     attributes["group"] = group
     head = orjson.dumps(attributes).decode()
-    stored = timestamps.from_ns(stored_ns).render()
+    stored = timestamps.render_ns(stored_ns)
     return f'{head[:-1]},{extras[1:-1]},"{STORED_TIME}":"{stored}"}}'
 
 

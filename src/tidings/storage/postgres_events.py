@@ -542,8 +542,9 @@ async def ingest(
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
     texts: list[tuple[str, ...]] = []
     attributes_of: list[str] = []
+    now = from_ns(now_ns)
     for event, event_id, _ in unique:
-        time = event.time or from_ns(now_ns)
+        time = event.time or now
         extras = attribute_extras(event)
         attributes_of.append(render_attributes(event, event_id, time, now_ns, extras))
         search_text = searchable_text(event, distinct=True)
