@@ -36,6 +36,8 @@ _ACTOR_KEYS = frozenset({"subject", "email", "ip"})
 _LIMITS = {"id": 256, "source": 1024, "type": 256, "subject": 1024}
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
+# The actor and the eventkey are stored as text of their own, which cannot hold NUL.
+_HOLDS_NUL = "{} must not hold NUL (\\u0000)"
 
 
 def dumps(value: Any) -> str:
@@ -172,6 +174,8 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
         not isinstance(eventkey, str) or not eventkey or len(eventkey) > 256
     ):
         raise BadRequest("eventkey must be a string of 1 to 256 characters")
+    if eventkey is not None and "\x00" in eventkey:
+        raise BadRequest(_HOLDS_NUL.format("eventkey"))
     _check_data(data)
     data_json = dumps(data)
     # The canonical JSON of [id, source, type, subject, time, group, audience, extensions, data],
@@ -270,6 +274,8 @@ def _check_data(data: Any) -> None:
         )
     if not isinstance(actor.get("subject"), str) or not actor["subject"]:
         raise BadRequest("data.actor.subject is required: a non-empty string")
+    if "\x00" in actor["subject"]:
+        raise BadRequest(_HOLDS_NUL.format("data.actor.subject"))
     if "email" in actor and not isinstance(actor["email"], str):
         raise BadRequest("data.actor.email must be a string")
     if "ip" in actor:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tidings import groups
 from tidings.api.auth import authenticate
+from tidings.api.nul import Body
 from tidings.api.state import state_of
 from tidings.errors import BadRequest, NotFound
 from tidings.model import Group, Token
@@ -18,18 +19,16 @@ from tidings.tokens import new_token
 router = APIRouter(tags=["access"])
 
 
-class GroupCreate(BaseModel):
+class GroupCreate(Body):
     """A new child group under `parent` (by default the token's group)."""
 
-    model_config = ConfigDict(extra="forbid")
     name: str | None = Field(default=None, max_length=200)
     parent: str | None = None
 
 
-class TokenCreate(BaseModel):
+class TokenCreate(Body):
     """A new token for `group` (by default the token's group) with `roles`."""
 
-    model_config = ConfigDict(extra="forbid")
     roles: list[str] = Field(min_length=1)
     group: str | None = None
     name: str | None = Field(default=None, max_length=200)

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from tidings import __version__
 from tidings.api import access, errors, events, health, subscriptions, types, webhooks, wellknown
+from tidings.api.nul import RefuseNulInUrl
 from tidings.api.state import AppState
 from tidings.config import Settings
 from tidings.cursors import CursorCodec
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     )
     app.state.tidings = state
     errors.install(app)
+    app.add_middleware(RefuseNulInUrl)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -11,10 +11,11 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tidings import groups, timestamps, wire
 from tidings.api.auth import authenticate
+from tidings.api.nul import Body
 from tidings.api.state import AppState, state_of
 from tidings.delivery import ssrf
 from tidings.delivery.transport import HttpOutcome
@@ -33,10 +34,9 @@ TEST_TYPE = "dev.tidings.subscription.test.v1"
 _TYPE = re.compile(r"[^\s*]+(\.\*)?|[^\s*]+")
 
 
-class SubscriptionCreate(BaseModel):
+class SubscriptionCreate(Body):
     """A new subscription of `parent`'s subtree."""
 
-    model_config = ConfigDict(extra="forbid")
     parent: str = Field(description="the group whose events (and its subtree's) are delivered")
     sink: str = Field(description="an http(s) URL; for kind slack, a Slack incoming-webhook URL")
     kind: Literal["webhook", "slack"] = "webhook"
@@ -57,10 +57,9 @@ class SubscriptionCreate(BaseModel):
     )
 
 
-class SubscriptionUpdate(BaseModel):
+class SubscriptionUpdate(Body):
     """Changes to a subscription; absent fields stay as they are."""
 
-    model_config = ConfigDict(extra="forbid")
     sink: str | None = None
     types: list[str] | None = None
     subject: str | None = None
@@ -70,10 +69,9 @@ class SubscriptionUpdate(BaseModel):
     slack_icon: str | None = Field(default=None, max_length=500)
 
 
-class Replay(BaseModel):
+class Replay(Body):
     """Queue every matching event stored since `since` again."""
 
-    model_config = ConfigDict(extra="forbid")
     since: str = Field(description="RFC 3339")
 
 

@@ -6,10 +6,11 @@ from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tidings import groups
 from tidings.api.auth import authenticate
+from tidings.api.nul import Body
 from tidings.api.state import AppState, state_of
 from tidings.catalog import TENANT_MODE_SETTING, EventType, check_mode, type_from_spec
 from tidings.errors import Conflict, Forbidden, NotFound
@@ -18,10 +19,9 @@ from tidings.tokens import Principal
 router = APIRouter(tags=["types"])
 
 
-class TypeCreate(BaseModel):
+class TypeCreate(Body):
     """A tenant's own event type."""
 
-    model_config = ConfigDict(extra="forbid")
     type: str
     description: str = ""
     schema_: dict[str, Any] | None = Field(
@@ -31,20 +31,18 @@ class TypeCreate(BaseModel):
     validation: str | None = Field(default=None, description="strict, warn or off")
 
 
-class TypeUpdate(BaseModel):
+class TypeUpdate(Body):
     """Changes to a type: for built-in and catalog types, only its validation mode."""
 
-    model_config = ConfigDict(extra="forbid")
     description: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     example: dict[str, Any] | None = None
     validation: str | None = None
 
 
-class ValidationMode(BaseModel):
+class ValidationMode(Body):
     """A tenant's default validation mode."""
 
-    model_config = ConfigDict(extra="forbid")
     mode: str = Field(description="strict, warn or off")
 
 

@@ -7,11 +7,12 @@ import secrets
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from tidings import groups, inbound, wire
 from tidings.api.auth import authenticate
 from tidings.api.body import read_limited
+from tidings.api.nul import Body
 from tidings.api.state import state_of
 from tidings.errors import NotFound, TooManyRequests, Unauthenticated
 from tidings.model import Webhook
@@ -23,10 +24,9 @@ router = APIRouter(tags=["webhooks"])
 KEY_PREFIX = "tdw_"
 
 
-class WebhookCreate(BaseModel):
+class WebhookCreate(Body):
     """A new inbound webhook of `group`."""
 
-    model_config = ConfigDict(extra="forbid")
     group: str
     name: str = Field(min_length=1, max_length=200)
     mapping: dict[str, Any] | str = Field(
