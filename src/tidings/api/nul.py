@@ -13,6 +13,7 @@ carry one in two places, and each is refused with a 400 before anything is read 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qsl
 
 from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -20,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from tidings.api.errors import error_response
 
 NUL = "\x00"
+ESCAPED_NUL = "\\u0000"  # as JSON writes it, and as messages show it
 
 
 def nul_at(value: Any, path: str = "") -> str | None:
@@ -53,9 +55,23 @@ class Body(BaseModel):
     def _refuse_nul(cls, data: Any) -> Any:
         where = nul_at(data)
         if where is not None:
-            shown = where.replace(NUL, "\\u0000") or "the body"
-            raise ValueError(f"{shown} must not hold NUL (\\u0000)")
+            shown = where.replace(NUL, ESCAPED_NUL) or "the body"
+            raise ValueError(f"{shown} must not hold NUL ({ESCAPED_NUL})")
         return data
+
+
+def nul_in_url(scope: Scope) -> str | None:
+    """What in a request's URL holds NUL (`%00`): the path, or a query parameter by name."""
+    if b"%00" in scope.get("raw_path", b"") or NUL in scope["path"]:
+        return "the path"
+    query: bytes = scope.get("query_string", b"")
+    if b"%00" not in query:
+        return None
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if NUL in name or NUL in value:
+            shown = name.replace(NUL, ESCAPED_NUL)
+            return f"query parameter {shown!r}"
+    return None
 
 
 class RefuseNulInUrl:
@@ -65,16 +81,9 @@ class RefuseNulInUrl:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (
-            b"%00" in scope.get("raw_path", b"")
-            or NUL in scope["path"]
-            or b"%00" in scope.get("query_string", b"")
-        ):
-            response = error_response(
-                400,
-                "bad_request",
-                "the URL holds %00 (NUL), which no path segment or parameter may hold",
-            )
-            await response(scope, receive, send)
+        where = nul_in_url(scope) if scope["type"] == "http" else None
+        if where is not None:
+            message = f"{where} holds %00 (NUL), which no path segment or parameter may hold"
+            await error_response(400, "bad_request", message)(scope, receive, send)
             return
         await self.app(scope, receive, send)
