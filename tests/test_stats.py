@@ -591,6 +591,30 @@ def test_interval_start_is_the_rfc3339_start_of_each_utc_hour_or_day(
     }
 
 
+def test_the_earliest_times_stored_have_a_bucket_beginning_at_the_earliest_time(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """The day and hour holding the earliest time tidings stores (-2**63 ns) begin before it:
+    their bucket is shown as beginning at that time, not computed past 64 bits (a 500 on
+    PostgreSQL, for every bucketed stats call of the tenant while such an event is kept)."""
+    earliest = "1677-09-21T00:12:43.145224192Z"  # -2**63 ns
+    times = [earliest, "1677-09-21T23:59:59Z", "1677-09-22T00:00:00Z", "2024-03-01T10:15:00Z"]
+    ingest(client, tenant.producer, *(event(tenant.root, time=t) for t in times))
+    assert sorted(
+        (row["interval_start"], row["count"])
+        for row in get_stats(client, tenant.viewer, interval="day")
+    ) == [("1677-09-21T00:12:43Z", 2), ("1677-09-22T00:00:00Z", 1), ("2024-03-01T00:00:00Z", 1)]
+    assert sorted(
+        (row["interval_start"], row["count"])
+        for row in get_stats(client, tenant.viewer, interval="hour")
+    ) == [
+        ("1677-09-21T00:12:43Z", 1),
+        ("1677-09-21T23:00:00Z", 1),
+        ("1677-09-22T00:00:00Z", 1),
+        ("2024-03-01T10:00:00Z", 1),
+    ]
+
+
 def test_interval_buckets_by_the_source_time_not_the_stored_time(
     client: TestClient, tenant: Tenant
 ) -> None:

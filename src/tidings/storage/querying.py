@@ -23,6 +23,7 @@ GROUP_BY_COLUMNS = {
     "subject": "e.subject",
 }
 INTERVALS = {"hour": 3_600_000_000_000, "day": 86_400_000_000_000}
+_MIN_NS = -(2**63)  # the earliest time stored (a bigint of nanoseconds)
 
 
 _TOP = chr(0x10FFFF)
@@ -219,8 +220,14 @@ class EventSQL:
         if interval is not None:
             width = INTERVALS[interval]
             # Floored (division truncates toward zero): a time before 1970 is in its own bucket.
+            # The bucket of the earliest stored times begins before what 64 bits hold: it is
+            # shown as beginning at the earliest time instead, never computed (it would overflow).
+            first = -(-_MIN_NS // width) * width  # the earliest bucket that begins in range
             keys.append(
-                f"CASE WHEN e.time_ns < 0 THEN ((e.time_ns + 1) / {width} - 1) * {width}"
+                # The smallest bigint written as a sum: as one literal, it would parse as a
+                # larger type (numeric, real) and the whole CASE with it.
+                f"CASE WHEN e.time_ns < {first} THEN ({_MIN_NS + 1} - 1)"
+                f" WHEN e.time_ns < 0 THEN ((e.time_ns + 1) / {width} - 1) * {width}"
                 f" ELSE (e.time_ns / {width}) * {width} END"
             )
         numbers = ", ".join(str(i + 1) for i in range(len(keys)))
