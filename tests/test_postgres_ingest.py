@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -132,6 +133,37 @@ async def test_every_column_of_a_batch_reads_back_as_sent_whatever_text_it_holds
         assert orjson.loads(stored[1].attributes)["eventkey"] == "key\x1f1"
         [found] = await storage.list_events(EventQuery(scope=child, limit=10, actor=tricky))
         assert found.id == "tricky"
+    finally:
+        await storage.close()
+
+
+async def test_the_longest_key_and_actor_accepted_fit_postgresql_index_keys(
+    postgres_server: str,
+) -> None:
+    """An index key holds at most 2,704 bytes: the longest (source, id) and actor the limits
+    allow, in characters of four bytes that do not compress, are stored (they were a 500)."""
+    url = new_schema(postgres_server)
+    storage = open_storage(url)
+    await storage.open()
+    try:
+        root = groups.new_root()
+        rng = random.Random(7)
+
+        def wide(count: int) -> str:  # characters of four bytes in UTF-8, at random
+            return "".join(chr(rng.randrange(0x20000, 0x2A6DF)) for _ in range(count))
+
+        sent = event(
+            root,
+            id=wide(64),
+            source=wide(256),
+            data={"actor": {"subject": wide(256)}, "body": {}},
+        )
+        [stored] = await storage.ingest([wire.parse_event(sent)], time.time_ns())
+        assert stored.created
+        [found] = await storage.list_events(
+            EventQuery(scope=root, actor=sent["data"]["actor"]["subject"])
+        )
+        assert (found.id, found.source) == (sent["id"], sent["source"])
     finally:
         await storage.close()
 

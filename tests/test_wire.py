@@ -135,6 +135,26 @@ def test_limits_are_inclusive() -> None:
     assert (len(parsed.id or ""), len(parsed.source)) == (256, 1024)
 
 
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"id": "é" * 129}, "id is longer than 256 bytes"),  # 258 bytes in 129 characters
+        ({"source": "源" * 342}, "source is longer than 1024 bytes"),  # 1,026 bytes
+        ({"type": "🙂" * 65}, "type is longer than 256 bytes"),
+        ({"subject": "s/" + "é" * 512}, "subject is longer than 1024 bytes"),
+        (
+            {"data": {"actor": {"subject": "源" * 342}, "body": {}}},
+            "data.actor.subject is longer than 1024 bytes",
+        ),
+    ],
+)
+def test_limits_count_bytes_of_utf8_not_characters(change: dict[str, Any], needle: str) -> None:
+    """Index keys hold bytes: a text of few characters may still be too long."""
+    with pytest.raises(BadRequest, match=needle):
+        wire.parse_event(structured(**change))
+    assert wire.parse_event(structured(id="é" * 128, source="源" * 341)).id == "é" * 128
+
+
 def test_subject_may_hold_spaces() -> None:
     """Unlike id, source and type, a subject may contain spaces."""
     assert wire.parse_event(structured(subject="café menu")).subject == "café menu"

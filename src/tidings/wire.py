@@ -33,7 +33,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _AUDIENCE = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
 _DATA_KEYS = frozenset({"actor", "body", "previous"})
 _ACTOR_KEYS = frozenset({"subject", "email", "ip"})
+# In bytes of UTF-8: (tenant, source, id), the actor and the type are index keys, and a
+# PostgreSQL index key holds at most 2,704 bytes.
 _LIMITS = {"id": 256, "source": 1024, "type": 256, "subject": 1024}
+_ACTOR_LIMIT = 1024
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 # The actor and the eventkey are stored as text of their own, which cannot hold NUL.
@@ -129,6 +132,11 @@ def _check_content_type(value: Any, what: str) -> None:
         raise UnsupportedMediaType(f"{what} must be {JSON}, got {value!r}")
 
 
+def _too_long(value: str, limit: int) -> bool:
+    """Whether `value` takes more than `limit` bytes in UTF-8 (encoded only if it might)."""
+    return len(value) > limit // 4 and len(value.encode("utf-8", "surrogatepass")) > limit
+
+
 def _text(attributes: dict[str, Any], name: str, required: bool) -> str | None:
     value = attributes.pop(name, None)
     if value is None:
@@ -137,8 +145,8 @@ def _text(attributes: dict[str, Any], name: str, required: bool) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise BadRequest(f"{name} must be a non-empty string")
-    if len(value) > _LIMITS[name]:
-        raise BadRequest(f"{name} is longer than {_LIMITS[name]} characters")
+    if _too_long(value, _LIMITS[name]):
+        raise BadRequest(f"{name} is longer than {_LIMITS[name]} bytes (in UTF-8)")
     if name == "subject":
         if _CONTROL.search(value):
             raise BadRequest("subject must not contain control characters")
@@ -276,6 +284,8 @@ def _check_data(data: Any) -> None:
         raise BadRequest("data.actor.subject is required: a non-empty string")
     if "\x00" in actor["subject"]:
         raise BadRequest(_HOLDS_NUL.format("data.actor.subject"))
+    if _too_long(actor["subject"], _ACTOR_LIMIT):
+        raise BadRequest(f"data.actor.subject is longer than {_ACTOR_LIMIT} bytes (in UTF-8)")
     if "email" in actor and not isinstance(actor["email"], str):
         raise BadRequest("data.actor.email must be a string")
     if "ip" in actor:
