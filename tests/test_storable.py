@@ -1,18 +1,23 @@
-"""NUL (U+0000) in a request: a 400 naming where it is, nothing stored, on both backends.
+"""What storage cannot hold, in a request: a 400 naming where it is, nothing stored, on both
+backends.
 
 PostgreSQL's text cannot hold NUL; without these checks a NUL in an actor, an eventkey, a
 filter or a management body failed inside a query (500 on PostgreSQL) or was stored (SQLite).
+Lone surrogates, NaN and integers beyond 64 bits in a management body failed in the JSON
+encoder or the driver (500 on both).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import TEST_TYPE, Tenant, auth, event
-from tidings.api.nul import nul_at
+from tidings.api.storable import shown, unstorable_at
 
 BATCH = "application/cloudevents-batch+json"
 
@@ -130,21 +135,31 @@ def test_a_url_holding_nul_is_refused(
         (
             "/v1/types",
             {"type": "dev.x.v1", "example": {"body": {"k\x00": 1}}},
-            "example.body.k\\u0000",
+            "example.body.k\\u0000 must not hold NUL",
         ),
+        ("/v1/subscriptions", {"types": ["\ud800"]}, "types[0] must not hold a lone surrogate"),
+        ("/v1/types", {"type": "p", "schema": {"maximum": 2**70}}, "schema.maximum is an integer"),
+        ("/v1/types", {"type": "p", "example": {"body": {"x": math.nan}}}, "example.body.x is not"),
+        ("/v1/webhooks", {"mapping": {"default_type": 2**70}}, "mapping.default_type is an"),
     ],
 )
-def test_a_management_body_holding_nul_is_refused_naming_where(
+def test_a_management_body_storage_cannot_hold_is_refused_naming_where(
     client: TestClient, tenant: Tenant, path: str, body: dict[str, Any], where: str
 ) -> None:
-    answer = client.post(path, json=body, headers=auth(tenant.owner))
-    refused(answer, where, "NUL")
-    assert nul_at(client.get(path, headers=auth(tenant.owner)).json()) is None
+    # As JSON can carry them: escaped (a lone surrogate), or as the JavaScript names (NaN).
+    sent = json.dumps(body).encode()
+    headers = {**auth(tenant.owner), "content-type": "application/json"}
+    refused(client.post(path, content=sent, headers=headers), where)
+    assert unstorable_at(client.get(path, headers=auth(tenant.owner)).json()) is None
 
 
-def test_nul_at_names_the_first_string_or_key_holding_nul() -> None:
-    assert nul_at({"a": [1, {"b": "x"}], "c": None}) is None
-    assert nul_at("\x00") == ""
-    assert nul_at({"a": [1, {"b": "x\x00"}]}) == "a[1].b"
-    assert nul_at({"a": {"k\x00": 1}}) == "a.k\x00"
-    assert nul_at([{"ok": "y"}, "\x00"]) == "[1]"
+def test_unstorable_at_names_the_first_place_and_its_fault() -> None:
+    assert unstorable_at({"a": [1, {"b": "x"}], "c": None, "d": 2.5, "e": -(2**63)}) is None
+    assert unstorable_at("\x00") == ("", "must not hold NUL (\\u0000)")
+    assert unstorable_at({"a": [1, {"b": "x\x00"}]}) == ("a[1].b", "must not hold NUL (\\u0000)")
+    assert unstorable_at({"a": {"k\x00": 1}}) == ("a.k\x00", "must not hold NUL (\\u0000)")
+    assert unstorable_at([{"ok": "y"}, "\ud800"])[0] == "[1]"  # type: ignore[index]
+    assert unstorable_at({"n": 2**63}) == ("n", "is an integer beyond 64 bits")
+    assert unstorable_at({"n": float("nan")}) == ("n", "is not a number (NaN or Infinity)")
+    assert unstorable_at({"b": True, "c": "café"}) is None
+    assert shown("a.k\x00.\udc80.é") == "a.k\\u0000.\\udc80.é"

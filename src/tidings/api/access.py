@@ -9,8 +9,8 @@ from pydantic import Field
 
 from tidings import groups
 from tidings.api.auth import authenticate
-from tidings.api.nul import Body
 from tidings.api.state import state_of
+from tidings.api.storable import Body
 from tidings.errors import BadRequest, NotFound
 from tidings.model import Group, Token
 from tidings.timestamps import from_ns, parse

@@ -11,8 +11,8 @@ from fastapi.openapi.utils import get_openapi
 
 from tidings import __version__
 from tidings.api import access, errors, events, health, subscriptions, types, webhooks, wellknown
-from tidings.api.nul import RefuseNulInUrl
 from tidings.api.state import AppState
+from tidings.api.storable import RefuseNulInUrl
 from tidings.config import Settings
 from tidings.cursors import CursorCodec
 from tidings.issuer import resolve_issuer_url

@@ -1,17 +1,21 @@
-"""Refusing NUL (U+0000) wherever a request can carry text to storage.
+"""Refusing, with a 400, what a request may carry but storage cannot hold.
 
-PostgreSQL's `text` cannot hold NUL, so a value holding one would fail deep in a query and
-answer 500; on SQLite it would be stored, and the two backends would differ. A request may
-carry one in two places, and each is refused with a 400 before anything is read or stored:
+Such a value would fail deep in a query or a JSON encoder and answer 500, or be stored on
+one backend and not on the other. Each is refused before anything is read or stored:
 
-- its URL, percent-encoded (`%00`) in the path or the query (`RefuseNulInUrl`);
-- a JSON body's strings, escaped (`\\u0000`), keys included (`Body`, the base of the API's
-  request models). An event's own texts are checked where events are parsed (`tidings.wire`);
-  its data may hold NUL, being stored as JSON text.
+- NUL (U+0000), which PostgreSQL's `text` cannot hold: percent-encoded (`%00`) in a URL's
+  path or query (`RefuseNulInUrl`), escaped (`\\u0000`) in a JSON body's strings and keys;
+- in a JSON body (`Body`, the base of the API's request models), also a lone surrogate
+  (`\\ud800`, not a character: no UTF-8 encodes it), a number that is not one (NaN,
+  Infinity) and an integer beyond 64 bits (the JSON encoder stops there).
+
+An event's own texts are checked where events are parsed (`tidings.wire`): its data may hold
+NUL, being stored as JSON text.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -22,41 +26,69 @@ from tidings.api.errors import error_response
 
 NUL = "\x00"
 ESCAPED_NUL = "\\u0000"  # as JSON writes it, and as messages show it
+_INT64 = range(-(2**63), 2**63)
 
 
-def nul_at(value: Any, path: str = "") -> str | None:
-    """Where in a JSON value a string (or an object's key) holds NUL: a dotted path (empty at
-    the top), or None if none does."""
+def _text_fault(text: str) -> str | None:
+    if NUL in text:
+        return f"must not hold NUL ({ESCAPED_NUL})"
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            return "must not hold a lone surrogate (\\ud800 to \\udfff): it is no character"
+    return None
+
+
+def unstorable_at(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The first place in a JSON value that storage cannot hold: its dotted path (empty at the
+    top) and what is wrong there; None if there is none."""
     if isinstance(value, str):
-        return path if NUL in value else None
+        fault = _text_fault(value)
+        return None if fault is None else (path, fault)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if value in _INT64 else (path, "is an integer beyond 64 bits")
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (path, "is not a number (NaN or Infinity)")
     if isinstance(value, dict):
         for key, item in value.items():
             where = f"{path}.{key}" if path else str(key)
-            if NUL in str(key):
-                return where
-            found = nul_at(item, where)
+            fault = _text_fault(str(key))
+            if fault is not None:
+                return where, fault
+            found = unstorable_at(item, where)
             if found is not None:
                 return found
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            found = nul_at(item, f"{path}[{index}]")
+            found = unstorable_at(item, f"{path}[{index}]")
             if found is not None:
                 return found
     return None
 
 
+def shown(path: str) -> str:
+    """A path as a message shows it: its NULs and lone surrogates escaped as JSON would."""
+    return "".join(
+        f"\\u{ord(char):04x}" if char == NUL or "\ud800" <= char <= "\udfff" else char
+        for char in path
+    )
+
+
 class Body(BaseModel):
-    """A JSON request body: no member it does not name, and no text holding NUL."""
+    """A JSON request body: no member it does not name, nothing storage cannot hold."""
 
     model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="before")
     @classmethod
-    def _refuse_nul(cls, data: Any) -> Any:
-        where = nul_at(data)
-        if where is not None:
-            shown = where.replace(NUL, ESCAPED_NUL) or "the body"
-            raise ValueError(f"{shown} must not hold NUL ({ESCAPED_NUL})")
+    def _refuse_unstorable(cls, data: Any) -> Any:
+        found = unstorable_at(data)
+        if found is not None:
+            where, fault = found
+            raise ValueError(f"{shown(where) or 'the body'} {fault}")
         return data
 
 
@@ -69,8 +101,7 @@ def nul_in_url(scope: Scope) -> str | None:
         return None
     for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
         if NUL in name or NUL in value:
-            shown = name.replace(NUL, ESCAPED_NUL)
-            return f"query parameter {shown!r}"
+            return f"query parameter '{shown(name)}'"
     return None
 
 

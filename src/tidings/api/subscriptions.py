@@ -15,8 +15,8 @@ from pydantic import Field
 
 from tidings import groups, timestamps, wire
 from tidings.api.auth import authenticate
-from tidings.api.nul import Body
 from tidings.api.state import AppState, state_of
+from tidings.api.storable import Body
 from tidings.delivery import ssrf
 from tidings.delivery.transport import HttpOutcome
 from tidings.delivery.worker import build_request

@@ -10,8 +10,8 @@ from pydantic import Field
 
 from tidings import groups
 from tidings.api.auth import authenticate
-from tidings.api.nul import Body
 from tidings.api.state import AppState, state_of
+from tidings.api.storable import Body
 from tidings.catalog import TENANT_MODE_SETTING, EventType, check_mode, type_from_spec
 from tidings.errors import Conflict, Forbidden, NotFound
 from tidings.tokens import Principal

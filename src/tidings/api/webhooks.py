@@ -12,8 +12,8 @@ from pydantic import Field
 from tidings import groups, inbound, wire
 from tidings.api.auth import authenticate
 from tidings.api.body import read_limited
-from tidings.api.nul import Body
 from tidings.api.state import state_of
+from tidings.api.storable import Body
 from tidings.errors import NotFound, TooManyRequests, Unauthenticated
 from tidings.model import Webhook
 from tidings.ratelimit import retry_after
