@@ -192,9 +192,13 @@ def test_unknown_token_fields_are_a_400(client: TestClient, tenant: Tenant) -> N
     assert "token" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize("expires_at", ["2001-01-01T00:00:00Z", "soon", "2030-02-30T00:00:00Z"])
+@pytest.mark.parametrize(
+    "expires_at",
+    ["2001-01-01T00:00:00Z", "soon", "2030-02-30T00:00:00Z", "9999-12-31T23:59:59Z"],
+)
 def test_bad_expiry_is_a_400(client: TestClient, tenant: Tenant, expires_at: str) -> None:
-    """An expiry in the past or not an RFC 3339 date-time is refused, naming expires_at."""
+    """An expiry in the past, past what tidings stores (2262 on), or not an RFC 3339 date-time
+    is refused, naming expires_at."""
     response = create_token(client, tenant.owner, expires_at=expires_at)
     assert response.status_code == 400
     assert "expires_at" in response.json()["error"]["message"]

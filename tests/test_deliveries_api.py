@@ -300,6 +300,24 @@ def test_replay_needs_an_rfc3339_since(
     assert list_deliveries(client, tenant.viewer, sub_id)["deliveries"] == []
 
 
+def test_replay_since_beyond_what_is_stored_bounds_as_the_earliest_or_latest_time(
+    client: TestClient, tenant: Tenant, receivers: Receivers
+) -> None:
+    """A `since` before every stored time queues everything; one after every stored time,
+    nothing (they were a 500 on SQLite: the years 0001 and 9999 lie beyond 64 bits of ns)."""
+    receiver = receivers()
+    sub_id = subscribe(client, tenant.owner, tenant.root, receiver.url)
+    ingest(client, tenant.producer, event(tenant.root, id="one"))
+    settled(client, tenant.viewer, sub_id, 1)
+    for since, queued in (("9999-12-31T23:59:59Z", 0), ("0001-01-01T00:00:00Z", 1)):
+        response = client.post(
+            f"/v1/subscriptions/{sub_id}/replay", json={"since": since}, headers=auth(tenant.owner)
+        )
+        assert response.status_code == 202, response.text
+        assert response.json() == {"queued": queued}
+    receiver.wait_for(2)
+
+
 def test_viewer_cannot_retry_or_replay(
     client: TestClient, tenant: Tenant, receivers: Receivers
 ) -> None:

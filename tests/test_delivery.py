@@ -264,6 +264,7 @@ def test_subscription_management_needs_editor_within_its_group(
         ({"types": ["dev.*.bad"]}, 400),
         ({"kind": "email"}, 400),
         ({"signing_secret": "not-a-secret"}, 400),
+        ({"signing_secret": "whsec_é"}, 400),
         ({"unknown": 1}, 400),
     ],
 )

@@ -547,3 +547,18 @@ def test_example_is_ingested_in_binary_mode(
     )
     assert stored["data"] == example["data"]
     assert response.text.endswith(',"data":' + body.decode() + "}")
+
+
+def test_data_nested_deeper_than_json_is_written_is_refused() -> None:
+    """JSON parsers take 1,024 levels, the writer 254: data deeper than it writes is a
+    BadRequest, not a 500 when it is stored."""
+
+    def data_of_depth(depth: int) -> dict[str, Any]:  # data, body and lists: `depth` levels
+        inner: Any = 1
+        for _ in range(depth - 2):
+            inner = [inner]
+        return {"actor": {"subject": "a"}, "body": {"x": inner}}
+
+    assert wire.parse_event(structured(data=data_of_depth(254))).data_json.count("[") == 252
+    with pytest.raises(BadRequest, match="more than 254 deep"):
+        wire.parse_event(structured(data=data_of_depth(255)))

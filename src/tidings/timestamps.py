@@ -94,6 +94,27 @@ def parse(text: object, what: str = "time") -> Timestamp:
     return Timestamp(seconds * NS + nanos, len(fraction))
 
 
+# What a bigint of nanoseconds holds: every stored time lies within.
+EARLIEST_NS, LATEST_NS = -(2**63), 2**63 - 1
+
+
+def parse_stored(text: object, what: str) -> Timestamp:
+    """Parse an instant to be stored, or raise BadRequest naming `what` if it is not one or
+    lies outside what 64 bits of nanoseconds hold."""
+    parsed = parse(text, what)
+    if not EARLIEST_NS <= parsed.ns <= LATEST_NS:
+        raise BadRequest(
+            f"{what} is outside the range tidings stores (the years 1678 to 2261): {text!r}"
+        )
+    return parsed
+
+
+def parse_bound(text: object, what: str) -> int:
+    """Parse a bound on stored times, in ns: clamped to 64 bits (years 1 and 9999 lie beyond
+    every stored time, and bound as those do)."""
+    return max(EARLIEST_NS, min(LATEST_NS, parse(text, what).ns))
+
+
 def _days_in(year: int, month: int) -> int:
     return calendar.monthrange(year, month)[1]
 

@@ -37,6 +37,7 @@ _ACTOR_KEYS = frozenset({"subject", "email", "ip"})
 # PostgreSQL index key holds at most 2,704 bytes.
 _LIMITS = {"id": 256, "source": 1024, "type": 256, "subject": 1024}
 _ACTOR_LIMIT = 1024
+_DEPTH_LIMIT = 254  # orjson writes at most this many levels of objects and arrays
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
 # The actor and the eventkey are stored as text of their own, which cannot hold NUL.
@@ -161,11 +162,7 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
     event_type = _text(attributes, "type", required=True)
     subject = _text(attributes, "subject", required=False)
     raw_time = attributes.pop("time", None)
-    time = None if raw_time is None else timestamps.parse(raw_time, "time")
-    if time is not None and not -(2**63) <= time.ns < 2**63:
-        raise BadRequest(
-            f"time is outside the range tidings stores (the years 1678 to 2261): {raw_time!r}"
-        )
+    time = None if raw_time is None else timestamps.parse_stored(raw_time, "time")
     if "group" not in attributes:
         raise BadRequest("group is required")
     group = parse_group(attributes.pop("group"))
@@ -185,7 +182,12 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
     if eventkey is not None and "\x00" in eventkey:
         raise BadRequest(_HOLDS_NUL.format("eventkey"))
     _check_data(data)
-    data_json = dumps(data)
+    try:
+        data_json = dumps(data)
+    except orjson.JSONEncodeError as exc:  # JSON parsers take deeper values than it writes
+        raise BadRequest(
+            f"data nests objects and arrays more than {_DEPTH_LIMIT} deep, which tidings cannot store"
+        ) from exc
     # The canonical JSON of [id, source, type, subject, time, group, audience, extensions, data],
     # with the data's text spliced in rather than encoded twice.
     head = dumps([event_id, source, event_type, subject, raw_time, group, audience, extensions])

@@ -13,7 +13,7 @@ from tidings.api.state import state_of
 from tidings.api.storable import Body
 from tidings.errors import BadRequest, NotFound
 from tidings.model import Group, Token
-from tidings.timestamps import from_ns, parse
+from tidings.timestamps import from_ns, parse_stored
 from tidings.tokens import new_token
 
 router = APIRouter(tags=["access"])
@@ -81,7 +81,7 @@ async def create_token(request: Request, spec: TokenCreate) -> dict[str, Any]:
     principal.require("owner", group)
     state = state_of(request)
     now = state.clock()
-    expires_ns = None if spec.expires_at is None else parse(spec.expires_at, "expires_at").ns
+    expires_ns = None if spec.expires_at is None else parse_stored(spec.expires_at, "expires_at").ns
     if expires_ns is not None and expires_ns <= now:
         raise BadRequest("expires_at must be in the future")
     if principal.expires_ns is not None:

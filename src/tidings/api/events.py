@@ -223,15 +223,10 @@ def event_query(principal: Principal, filters: EventFilters, **paging: Any) -> E
         eventkey=filters.eventkey,
         text=None if filters.q is None else search_expression(filters.q),
         viewer_roles=roles_mask(principal.roles),
-        since_ns=None if filters.since is None else _instant(filters.since, "since"),
-        until_ns=None if filters.until is None else _instant(filters.until, "until"),
+        since_ns=None if filters.since is None else timestamps.parse_bound(filters.since, "since"),
+        until_ns=None if filters.until is None else timestamps.parse_bound(filters.until, "until"),
         **paging,
     )
-
-
-def _instant(text: str, what: str) -> int:
-    """A bound in ns, clamped to 64 bits (years 1 and 9999 lie beyond; every stored time within)."""
-    return max(-(2**63), min(2**63 - 1, timestamps.parse(text, what).ns))
 
 
 def search_expression(text: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 import secrets
 from dataclasses import replace
@@ -157,7 +156,7 @@ def _secret(value: str | None) -> str | None:
         return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
     try:
         key = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a text not ASCII
         raise BadRequest(
             "signing_secret must be 'whsec_' followed by base64, or 'generate'"
         ) from exc
@@ -338,7 +337,7 @@ async def replay(request: Request, sub_id: str, spec: Replay) -> dict[str, Any]:
     principal.require("editor", sub.group)
     if sub.state != "active":
         raise Unprocessable("the subscription is disabled; activate it before replaying")
-    since = timestamps.parse(spec.since, "since").ns
+    since = timestamps.parse_bound(spec.since, "since")
     queued = await state.storage.replay(sub, since, state.clock())
     state.wake_worker()
     return {"queued": queued}
