@@ -391,6 +391,20 @@ def test_binary_double_quoted_header_value_is_unquoted() -> None:
     assert wire.parse_binary(headers, BODY).subject == 'café "menu"'
 
 
+def test_binary_raw_bytes_outside_ascii_are_refused_not_garbled() -> None:
+    """A header's raw UTF-8 reaches the app as Latin-1 ("cafÃ©"): it must be percent-encoded."""
+    raw_utf8_as_latin1 = "café".encode().decode("latin-1")
+    with pytest.raises(BadRequest, match="ce-subject holds bytes outside ASCII: percent-encode"):
+        wire.parse_binary(binary_headers(subject=raw_utf8_as_latin1), BODY)
+
+
+@pytest.mark.parametrize(("name", "value"), [("id", "a\x85b"), ("subject", "s\x9f")])
+def test_c1_control_characters_are_control_characters(name: str, value: str) -> None:
+    """U+0080 to U+009F are control characters as C0 ones are: refused in id and subject."""
+    with pytest.raises(BadRequest, match=f"{name} must not contain"):
+        wire.parse_event(structured(**{name: value}))
+
+
 @pytest.mark.parametrize("encoded", ["%C3", "%C3%28", "%C0%A0", "%FF", "%ED%A0%80"])
 def test_binary_invalid_utf8_is_refused(encoded: str) -> None:
     """Percent-encoded bytes that are not UTF-8 (incl. overlong forms and surrogates) are refused."""

@@ -28,8 +28,9 @@ STORED_TIME = "storedtime"
 RESERVED = frozenset({STORED_TIME, "data", "data_base64"})
 CORE = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype")
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
-_NO_SPACE = re.compile(r"[^\s\x00-\x1f\x7f]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters are C0, DEL and C1 (Unicode's category Cc).
+_NO_SPACE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _AUDIENCE = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")
 _DATA_KEYS = frozenset({"actor", "body", "previous"})
 _ACTOR_KEYS = frozenset({"subject", "email", "ip"})
@@ -107,6 +108,10 @@ def parse_binary(headers: Mapping[str, str], body: bytes) -> EventInput:
         lowered = name.lower()
         if not lowered.startswith("ce-"):
             continue
+        if not raw.isascii():  # the server read its bytes as Latin-1: they would be garbled
+            raise BadRequest(
+                f"header {name} holds bytes outside ASCII: percent-encode its UTF-8 (%C3%A9 for é)"
+            )
         value = raw
         if len(value) >= 2 and value[0] == value[-1] == '"':
             value = _QUOTED_PAIR.sub(r"\1", value[1:-1])
