@@ -526,6 +526,22 @@ def test_deleting_a_type_setting_restores_the_tenant_mode(
     assert (one["validation"], one["origin"]) == ("warn", "builtin")
 
 
+@pytest.mark.parametrize("slash", ["%2F", "/"])
+def test_a_type_holding_a_slash_is_managed_by_its_name(
+    client: TestClient, tenant: Tenant, slash: str
+) -> None:
+    """CloudEvents types may hold '/': such a type is read, changed and deleted at its URL
+    (percent-encoded or not), as any other."""
+    spec = {"type": "com.example/build.finished", "description": "d"}
+    assert client.post("/v1/types", json=spec, headers=auth(tenant.owner)).status_code == 201
+    url = f"/v1/types/com.example{slash}build.finished"
+    assert client.get(url, headers=auth(tenant.viewer)).json()["description"] == "d"
+    changed_ = client.patch(url, json={"description": "e"}, headers=auth(tenant.owner))
+    assert changed_.status_code == 200, changed_.text
+    assert client.delete(url, headers=auth(tenant.owner)).status_code == 204
+    assert client.get(url, headers=auth(tenant.viewer)).status_code == 404
+
+
 def test_builtin_type_accepts_only_a_validation_change(client: TestClient, tenant: Tenant) -> None:
     """PATCH of a built-in type's schema or description is a 403; its schema stays."""
     for change in ({"schema": {"type": "object"}}, {"description": "mine"}):

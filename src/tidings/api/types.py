@@ -83,7 +83,7 @@ async def create_type(request: Request, spec: TypeCreate) -> dict[str, Any]:
     return event_type.to_dict(event_type.validation or mode)
 
 
-@router.get("/v1/types/{event_type}")
+@router.get("/v1/types/{event_type:path}")
 async def get_type(request: Request, event_type: str) -> dict[str, Any]:
     """One event type."""
     principal = await authenticate(request)
@@ -94,7 +94,7 @@ async def get_type(request: Request, event_type: str) -> dict[str, Any]:
     return found.to_dict(found.validation or mode)
 
 
-@router.patch("/v1/types/{event_type}")
+@router.patch("/v1/types/{event_type:path}")
 async def update_type(request: Request, event_type: str, spec: TypeUpdate) -> dict[str, Any]:
     """Change a tenant type, or set the validation mode of any type for the tenant."""
     principal = await authenticate(request)
@@ -128,7 +128,7 @@ async def update_type(request: Request, event_type: str, spec: TypeUpdate) -> di
     return updated.to_dict(updated.validation or mode)
 
 
-@router.delete("/v1/types/{event_type}", status_code=204, response_class=Response)
+@router.delete("/v1/types/{event_type:path}", status_code=204, response_class=Response)
 async def delete_type(request: Request, event_type: str) -> Response:
     """Forget a tenant type (or the tenant's validation setting of another type)."""
     principal = await authenticate(request)
