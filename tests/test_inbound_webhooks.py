@@ -712,13 +712,27 @@ def test_wrong_keys_do_not_use_up_the_rate_limit(client: TestClient, tenant: Ten
     assert receive(client, webhook["id"], ALERTMANAGER, webhook["access_key"]).status_code == 201
 
 
-@pytest.mark.parametrize("rate_limit", [0, -1, 20_000])
+@pytest.mark.parametrize("rate_limit", [0, -1, 1e-300, 0.009, 20_000])
 def test_out_of_range_rate_limit_is_a_400(
     client: TestClient, tenant: Tenant, rate_limit: float
 ) -> None:
-    """A rate limit of zero, below or above 10,000 a second is refused."""
+    """A rate limit below one request a hundred seconds (its Retry-After would run to hundreds
+    of digits) or above 10,000 a second is refused."""
     response = create(client, tenant.owner, tenant.root, rate_limit=rate_limit)
     assert response.status_code == 400
+    assert listed(client, tenant.owner) == []
+
+
+@pytest.mark.parametrize("default_type", [5, ["a"], "", "a b", "t" * 257])
+def test_a_generic_mapping_default_type_must_be_an_event_type(
+    client: TestClient, tenant: Tenant, default_type: Any
+) -> None:
+    """A default type no event could have is refused when the webhook is made, naming it, not
+    at every post (which would blame the sender)."""
+    mapping = {"kind": "generic", "default_type": default_type}
+    response = create(client, tenant.owner, tenant.root, mapping=mapping)
+    assert response.status_code == 400, response.text
+    assert "mapping.default_type" in response.json()["error"]["message"]
     assert listed(client, tenant.owner) == []
 
 

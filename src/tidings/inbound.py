@@ -40,6 +40,8 @@ def check_mapping(mapping: Any) -> dict[str, Any]:
                 raise BadRequest(f"mapping.{name} must be a JSON pointer such as '/event/type'")
         if "type" not in mapping and "default_type" not in mapping:
             raise BadRequest("a generic mapping needs 'type' (a JSON pointer) or 'default_type'")
+        if "default_type" in mapping:  # checked now, not at each post it would fail
+            wire.check_attribute("type", mapping["default_type"], "mapping.default_type")
     elif set(mapping) != {"kind"}:
         raise BadRequest(f"the {mapping['kind']} mapping takes no options")
     return dict(mapping)

@@ -149,15 +149,22 @@ def _text(attributes: dict[str, Any], name: str, required: bool) -> str | None:
         if required:
             raise BadRequest(f"{name} is required")
         return None
+    return check_attribute(name, value)
+
+
+def check_attribute(name: str, value: Any, what: str | None = None) -> str:
+    """`value` if it is a valid `name` attribute (id, source, type or subject), else
+    BadRequest naming `what` (by default `name`)."""
+    what = what or name
     if not isinstance(value, str) or not value:
-        raise BadRequest(f"{name} must be a non-empty string")
+        raise BadRequest(f"{what} must be a non-empty string")
     if _too_long(value, _LIMITS[name]):
-        raise BadRequest(f"{name} is longer than {_LIMITS[name]} bytes (in UTF-8)")
+        raise BadRequest(f"{what} is longer than {_LIMITS[name]} bytes (in UTF-8)")
     if name == "subject":
         if _CONTROL.search(value):
-            raise BadRequest("subject must not contain control characters")
+            raise BadRequest(f"{what} must not contain control characters")
     elif _NO_SPACE.fullmatch(value) is None:
-        raise BadRequest(f"{name} must not contain whitespace or control characters")
+        raise BadRequest(f"{what} must not contain whitespace or control characters")
     return value
 
 

@@ -32,7 +32,9 @@ class WebhookCreate(Body):
     mapping: dict[str, Any] | str = Field(
         description="'cloudevents', 'alertmanager', 'grafana', or {'kind': 'generic', 'type': '/ptr', ...}"
     )
-    rate_limit: float = Field(default=100.0, gt=0, le=10_000, description="requests per second")
+    rate_limit: float = Field(
+        default=100.0, ge=0.01, le=10_000, description="requests per second (one per 100 s or more)"
+    )
 
 
 def webhook_json(webhook: Webhook, access_key: str | None = None) -> dict[str, Any]:
