@@ -265,6 +265,11 @@ def test_subscription_management_needs_editor_within_its_group(
         ({"kind": "email"}, 400),
         ({"signing_secret": "not-a-secret"}, 400),
         ({"signing_secret": "whsec_é"}, 400),
+        ({"sink": "http://127.0.0.1:9/" + "a" * 2048}, 400),
+        ({"types": [f"dev.t{n}.v1" for n in range(101)]}, 400),
+        ({"types": ["t" * 257]}, 400),
+        ({"subject": "a\x01b"}, 400),
+        ({"subject": "s" * 1025}, 400),
         ({"unknown": 1}, 400),
     ],
 )

@@ -33,14 +33,23 @@ TEST_TYPE = "dev.tidings.subscription.test.v1"
 _TYPE = re.compile(r"[^\s*]+(\.\*)?|[^\s*]+")
 
 
+MAX_SINK = 2048  # characters of a sink's URL
+MAX_TYPES = 100  # type filters of a subscription
+
+
 class SubscriptionCreate(Body):
     """A new subscription of `parent`'s subtree."""
 
     parent: str = Field(description="the group whose events (and its subtree's) are delivered")
-    sink: str = Field(description="an http(s) URL; for kind slack, a Slack incoming-webhook URL")
+    sink: str = Field(
+        max_length=MAX_SINK,
+        description="an http(s) URL; for kind slack, a Slack incoming-webhook URL",
+    )
     kind: Literal["webhook", "slack"] = "webhook"
     types: list[str] = Field(
-        default_factory=list, description="exact types or 'prefix.*'; empty: all"
+        default_factory=list,
+        max_length=MAX_TYPES,
+        description="exact types or 'prefix.*'; empty: all",
     )
     subject: str | None = Field(
         default=None, description="only events whose subject starts with this"
@@ -59,8 +68,8 @@ class SubscriptionCreate(Body):
 class SubscriptionUpdate(Body):
     """Changes to a subscription; absent fields stay as they are."""
 
-    sink: str | None = None
-    types: list[str] | None = None
+    sink: str | None = Field(default=None, max_length=MAX_SINK)
+    types: list[str] | None = Field(default=None, max_length=MAX_TYPES)
     subject: str | None = None
     description: str | None = Field(default=None, max_length=1000)
     state: Literal["active", "disabled"] | None = None
@@ -146,7 +155,13 @@ def _types(values: list[str]) -> tuple[str, ...]:
     for value in values:
         if not value or "*" in value.removesuffix(".*") or any(c.isspace() for c in value):
             raise BadRequest(f"type filter {value!r} must be an exact type or 'prefix.*'")
+        wire.check_attribute("type", value.removesuffix(".*"), f"type filter {value[:40]!r}")
     return tuple(values)
+
+
+def _subject(value: str | None) -> str | None:
+    """A subject filter (a prefix of the subjects to deliver), checked as subjects are."""
+    return wire.check_attribute("subject", value, "subject") if value else None
 
 
 def _secret(value: str | None) -> str | None:
@@ -248,7 +263,7 @@ async def create_subscription(request: Request, spec: SubscriptionCreate) -> dic
         kind=spec.kind,
         sink=spec.sink,
         types=_types(spec.types),
-        subject_prefix=spec.subject or None,
+        subject_prefix=_subject(spec.subject),
         description=spec.description,
         slack_username=spec.slack_username,
         slack_icon=_icon(spec.slack_icon),
@@ -369,7 +384,7 @@ async def update_subscription(
     if spec.types is not None:
         changes["types"] = _types(spec.types)
     if "subject" in spec.model_fields_set:
-        changes["subject_prefix"] = spec.subject or None
+        changes["subject_prefix"] = _subject(spec.subject)
     for name in ("description", "slack_username", "slack_icon"):
         if name in spec.model_fields_set:
             changes[name] = getattr(spec, name)
