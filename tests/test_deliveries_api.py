@@ -184,6 +184,28 @@ def test_deliveries_are_paginated_with_a_cursor(
     assert response.status_code == 400
 
 
+def test_a_cursor_of_another_listing_is_a_400_both_ways(
+    client: TestClient, tenant: Tenant, receivers: Receivers
+) -> None:
+    """An events cursor is no position of deliveries, nor a deliveries cursor one of events:
+    each listing refuses the other's instead of answering an arbitrary page."""
+    sub_id = subscribe(client, tenant.owner, tenant.root, receivers().url)
+    for index in range(3):
+        ingest(client, tenant.producer, event(tenant.root, id=f"e-{index}"))
+    settled(client, tenant.viewer, sub_id, 3)
+    events_cursor = client.get(
+        "/v1/events", params={"limit": 1}, headers=auth(tenant.viewer)
+    ).json()["next_cursor"]
+    deliveries_cursor = list_deliveries(client, tenant.viewer, sub_id, limit=1)["next_cursor"]
+    for path, cursor in (
+        (f"/v1/subscriptions/{sub_id}/deliveries", events_cursor),
+        ("/v1/events", deliveries_cursor),
+    ):
+        answer = client.get(path, params={"cursor": cursor}, headers=auth(tenant.viewer))
+        assert answer.status_code == 400, (path, answer.text)
+        assert "cursor" in answer.json()["error"]["message"]
+
+
 def test_retry_of_a_failed_delivery_sends_it_again(
     client: TestClient, tenant: Tenant, receivers: Receivers
 ) -> None:

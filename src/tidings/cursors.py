@@ -41,6 +41,14 @@ class CursorCodec:
     def __init__(self, key: bytes):
         self._key = key
 
+    def for_listing(self, name: str) -> CursorCodec:
+        """A codec whose cursors only it takes: each listing but the events' signs with a key
+        of its own, derived from this one, so that a cursor of one listing is refused by
+        another instead of being read as a position it never was."""
+        return CursorCodec(
+            hmac.new(self._key, f"cursor of {name}".encode(), hashlib.sha256).digest()
+        )
+
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[: _MAC_BYTES[payload[0]]]
 

@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
         delivery = None
         try:
             state.cursors = CursorCodec(await storage.secret(CURSOR_KEY))
+            state.delivery_cursors = state.cursors.for_listing("deliveries")
             state.issuer_url = await resolve_issuer_url(
                 storage, settings.issuer, settings.public_url
             )

@@ -29,7 +29,8 @@ class AppState:
 
     settings: Settings
     storage: Storage
-    cursors: CursorCodec = field(default_factory=lambda: CursorCodec(b""))
+    cursors: CursorCodec = field(default_factory=lambda: CursorCodec(b""))  # the events'
+    delivery_cursors: CursorCodec = field(default_factory=lambda: CursorCodec(b"deliveries"))
     clock: Callable[[], int] = time.time_ns
     metrics: Metrics = field(default_factory=Metrics)
     issuer_url: str = ""

@@ -330,7 +330,7 @@ async def list_deliveries(
     state = state_of(request)
     sub = await visible_subscription(state, principal, sub_id)
     principal.require("viewer", sub.group)
-    after = None if cursor is None else state.cursors.decode(cursor).position
+    after = None if cursor is None else state.delivery_cursors.decode(cursor).position
     found = await state.storage.deliveries(
         sub.id, status, after, limit + 1, roles_mask(principal.roles)
     )
@@ -339,7 +339,7 @@ async def list_deliveries(
     return {
         "deliveries": [delivery_json(d) for d in page],
         "has_more": has_more,
-        "next_cursor": state.cursors.encode(page[-1].id) if has_more else None,
+        "next_cursor": state.delivery_cursors.encode(page[-1].id) if has_more else None,
     }
 
 
