@@ -203,6 +203,29 @@ def test_batch_with_a_conflict_stores_nothing(client: TestClient, tenant: Tenant
     assert count(client, tenant) == 1
 
 
+def test_two_different_events_with_one_id_in_a_batch_are_one_conflict_on_both_backends(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """The batch's second event with a key the first has, with other content: a 409 naming it
+    as such (not as stored with other content: nothing was), and nothing stored."""
+    batch = [
+        event(tenant.root, id="new"),
+        event(tenant.root, id="dup"),
+        event(tenant.root, id="dup", subject="changed"),
+    ]
+    response = post(client, tenant.producer, batch, BATCH)
+    assert response.status_code == 409
+    error = response.json()["error"]
+    assert error["message"] == (
+        "the batch holds two different events with source"
+        " 'https://platform.example/widgets' and id 'dup'"
+    )
+    assert error["details"] == [
+        {"index": 2, "source": "https://platform.example/widgets", "id": "dup"}
+    ]
+    assert count(client, tenant) == 0
+
+
 def test_batch_over_a_thousand_events_is_too_large(client: TestClient, tenant: Tenant) -> None:
     """A batch holds at most 1,000 events."""
     batch = [event(tenant.root) for _ in range(1001)]

@@ -18,6 +18,7 @@ from tidings.errors import Conflict
 from tidings.ids import MINTED_AHEAD_MS, minted_ms, uuid7s
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent, Subscription
 from tidings.storage import querying
+from tidings.storage.conflicts import repeated_in_batch, stored_with_other_content
 from tidings.storage.indexing import searchable_text, visible_scopes
 from tidings.storage.postgres_interned import ScopeNumbers, number_of
 from tidings.storage.postgres_partitions import DAY_NS
@@ -534,10 +535,7 @@ async def ingest(
         key = (groups.root_of(event.group), event.source, event_id)
         first = keyed.setdefault(key, index)
         if first != index and prepared[first][0].fingerprint != event.fingerprint:
-            raise Conflict(
-                f"the batch holds two different events with source {event.source!r} and id {event_id!r}",
-                details=[{"index": index, "source": event.source, "id": event_id}],
-            )
+            raise repeated_in_batch(index, event.source, event_id)
         prepared.append((event, event_id, key))
     unique = [prepared[i] for i in sorted(set(keyed.values()))]
     texts: list[tuple[str, ...]] = []
@@ -624,10 +622,7 @@ async def _existing(
 def _other_content(event: EventInput, event_id: str, key: Key, prepared: list[Item]) -> Conflict:
     """The answer to an event whose (source, id) is stored with other content."""
     index = next(i for i, item in enumerate(prepared) if item[2] == key)
-    return Conflict(
-        f"an event with source {event.source!r} and id {event_id!r} is stored with other content",
-        details=[{"index": index, "source": event.source, "id": event_id}],
-    )
+    return stored_with_other_content(index, event.source, event_id)
 
 
 async def _fan_out(

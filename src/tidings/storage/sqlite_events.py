@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidings import groups
-from tidings.errors import Conflict
 from tidings.ids import uuid7s
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent
 from tidings.storage import querying
+from tidings.storage.conflicts import repeated_in_batch, stored_with_other_content
 from tidings.storage.sqlite_delivery import FanOut
 from tidings.storage.sqlite_scopes import INTERNED
 from tidings.timestamps import from_ns
@@ -176,6 +176,7 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
     fan_out = FanOut(conn)
     minted = iter(uuid7s(sum(1 for event in events if not event.id), now_ns))
     now = from_ns(now_ns)
+    batch_keys: set[tuple[str, str, str]] = set()  # the (tenant, source, id) of those stored
     for index, event in enumerate(events):
         tenant = groups.root_of(event.group)
         event_id = event.id or next(minted)
@@ -205,11 +206,12 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
                 event.eventkey,
             ),
         )
+        key = (tenant, event.source, event_id)
         if inserted.rowcount == 0:
-            results.append(
-                Ingested(event=_existing(conn, tenant, event, event_id, index), created=False)
-            )
+            existing = _existing(conn, tenant, event, event_id, index, key in batch_keys)
+            results.append(Ingested(event=existing, created=False))
             continue
+        batch_keys.add(key)
         position = inserted.lastrowid
         assert position is not None  # the rowid (position) of the row just inserted
         if event.raw is not None:
@@ -224,17 +226,22 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
 
 
 def _existing(
-    conn: sqlite3.Connection, tenant: str, event: EventInput, event_id: str, index: int
+    conn: sqlite3.Connection,
+    tenant: str,
+    event: EventInput,
+    event_id: str,
+    index: int,
+    in_batch: bool,
 ) -> StoredEvent:
+    """The stored event holding `event`'s key (stored by this batch if `in_batch`); Conflict
+    if its content is other."""
     row = conn.execute(
         f"SELECT {EVENT_COLUMNS}, e.fingerprint FROM events e WHERE e.tenant = ? AND e.source = ? AND e.id = ?",
         (tenant, event.source, event_id),
     ).fetchone()
     if row[7] != event.fingerprint:
-        raise Conflict(
-            f"an event with source {event.source!r} and id {event_id!r} is stored with other content",
-            details=[{"index": index, "source": event.source, "id": event_id}],
-        )
+        conflict = repeated_in_batch if in_batch else stored_with_other_content
+        raise conflict(index, event.source, event_id)
     return event_from_row(row)
 
 
