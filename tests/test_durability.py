@@ -96,37 +96,70 @@ def make_event(event_id: str, group: str, rng: random.Random) -> dict[str, Any]:
     }
 
 
+def send(client: httpx.Client, request: Request) -> None:
+    """Send one request, recording when it started and how it ended (no answer: status None)."""
+    request.started = time.monotonic()
+    try:
+        response = client.post(
+            "/v1/events", content=request.body, headers={"content-type": request.content_type}
+        )
+    except httpx.TransportError:
+        request.ended = time.monotonic()
+        return
+    request.ended = time.monotonic()
+    request.status = response.status_code
+    if request.acknowledged:
+        body = response.json()
+        request.answer = body["events"] if request.batch else [body]
+
+
+def client_of(url: str, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=url,
+        headers={"authorization": f"Bearer {token}"},
+        timeout=TIMEOUT,
+        trust_env=False,
+    )
+
+
 def writer(
     url: str, token: str, group: str, name: str, stop: threading.Event, sent: list[Request]
 ) -> None:
     """Send single events and batches (1 to 25) until stopped, recording every request."""
     rng = random.Random(name)
     number = 0
-    headers = {"authorization": f"Bearer {token}"}
-    with httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT, trust_env=False) as client:
+    with client_of(url, token) as client:
         while not stop.is_set():
             size = rng.choice([1, 1, 1, 2, 5, 25])
             batch = size > 1 or rng.random() < 0.2
             ids = [f"{name}-{number + i}" for i in range(size)]
             number += size
-            events = [make_event(event_id, group, rng) for event_id in ids]
-            request = Request(events, batch, time.monotonic())
+            request = Request([make_event(event_id, group, rng) for event_id in ids], batch, 0.0)
             sent.append(request)
-            try:
-                response = client.post(
-                    "/v1/events",
-                    content=request.body,
-                    headers={"content-type": request.content_type},
-                )
-            except httpx.TransportError:
-                request.ended = time.monotonic()
+            send(client, request)
+            if request.status is None:
                 time.sleep(0.01)
-                continue
-            request.ended = time.monotonic()
-            request.status = response.status_code
-            if request.acknowledged:
-                body = response.json()
-                request.answer = body["events"] if batch else [body]
+
+
+def last_batch(url: str, token: str, group: str, number: int) -> tuple[Request, threading.Thread]:
+    """A batch of 1,000 events, sent on a thread of its own once its request has started: the
+    server takes tens of milliseconds to store it, so a kill just after it was sent cuts it (the
+    other writers' requests alone may all have been answered at the moment of the kill)."""
+    rng = random.Random(number)
+    events = [make_event(f"r{number}-last-{i}", group, rng) for i in range(1000)]
+    request = Request(events, True, 0.0)
+
+    def post() -> None:
+        with client_of(url, token) as client:
+            send(client, request)
+
+    thread = threading.Thread(target=post, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + TIMEOUT
+    while not request.started and time.monotonic() < deadline:
+        time.sleep(0.001)
+    time.sleep(0.005)  # under way: sent, or being sent
+    return request, thread
 
 
 def stored_events(server: Server, token: str) -> dict[str, dict[str, Any]]:
@@ -192,6 +225,9 @@ def one_round(server: Server, producer: str, group: str, number: int) -> Round:
             if acked >= ACKED_PER_ROUND:
                 break
             time.sleep(0.005)
+        last, sender = last_batch(server.url, producer, group, number)
+        threads.append(sender)
+        per_writer.append([last])
         this.killed_at = time.monotonic()
         server.kill()
     finally:
