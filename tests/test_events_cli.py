@@ -360,3 +360,27 @@ def test_list_actor_me(server: Server, tenant: Tenant) -> None:
     assert result.returncode == 1
     assert "subject" in result.stderr
     assert "(400)" in " ".join(result.stderr.split())
+
+
+def test_stored_text_is_shown_as_it_is_never_read_as_markup(server: Server, tenant: Tenant) -> None:
+    """Actors, descriptions and subjects holding rich markup are printed literally: "[/x]" had
+    made every table view of the tenant fail, and "[red]...[/red]" restyled the audit log."""
+    emit(
+        server,
+        tenant.owner,
+        ev(tenant.root, "markup", actor="[/x]", description="[bold red]fake alert[/bold red]"),
+    )
+    listed = run_process(server, tenant.viewer, "events", "list")
+    assert listed.returncode == 0, listed.stderr
+    [row] = [line for line in listed.stdout.splitlines() if " markup " in line]
+    assert "[/x]" in row
+    assert "[bold red]fake alert[/bold red]" in " ".join(row.split())
+    shown = run(server, tenant.viewer, "events", "get", "markup")
+    assert shown.returncode == 0, shown.stderr
+    assert "[/x]" in shown.stdout
+    stats = run(server, tenant.viewer, "events", "stats", "--by", "actor")
+    assert stats.returncode == 0, stats.stderr
+    assert "[/x]" in stats.stdout
+    refused = run(server, tenant.viewer, "events", "list", "--group", "[/]")
+    assert refused.returncode == 1
+    assert "[/]" in refused.stderr

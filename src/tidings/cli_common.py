@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from tidings.client import ApiError, Client
 from tidings.config import Settings
@@ -20,8 +21,11 @@ from tidings.storage.base import Storage
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
 
-err = Console(stderr=True)
-out = Console()
+# No markup: what the consoles print holds stored text (actors, subjects, names, error
+# messages quoting input), which would otherwise be read as rich markup ("[/x]" fails, "[red]"
+# restyles the audit log). Styles are given as Text or `style=`.
+err = Console(stderr=True, markup=False)
+out = Console(markup=False)
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="TIDINGS_URL", help="The API's base URL.")]
 TokenOption = Annotated[
@@ -32,7 +36,7 @@ TokenOption = Annotated[
 
 def fail(message: str) -> typer.Exit:
     """Print an error on stderr; return the Exit(1) to raise."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(Text.assemble(("error:", "red"), " ", message), highlight=False)
     return typer.Exit(1)
 
 

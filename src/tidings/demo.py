@@ -24,6 +24,7 @@ from typing import Any
 import uvicorn
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tidings import groups
 from tidings.api import create_app
@@ -224,7 +225,7 @@ def _report(
     by_group: Counter[str],
     database: Path,
 ) -> None:
-    console.rule("[bold]tidings demo")
+    console.rule(Text("tidings demo", style="bold"))
     console.print(f"Service: {url}   database: {database}", soft_wrap=True)
     table = Table("group", "role in the demo", "events")
     table.columns[0].overflow = "fold"

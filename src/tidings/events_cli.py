@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from tidings.cli_common import DEFAULT_URL, TokenOption, UrlOption, call, client_for, fail, out
 
@@ -214,12 +215,12 @@ def get(
     rows += [(name, str(value)) for name, value in sorted(event.items()) if name not in standard]
     for name, value in rows:
         if value:
-            details.add_row(f"[bold]{name}[/bold]", value)
+            details.add_row(Text(name, style="bold"), value)
     out.print(details)
     if data.get("previous"):
-        out.print("[bold]previous[/bold] (before the change)")
+        out.print(Text.assemble(("previous", "bold"), " (before the change)"))
         out.print_json(json.dumps(data["previous"]))
-    out.print("[bold]body[/bold]")
+    out.print("body", style="bold")
     out.print_json(json.dumps(data.get("body", {})))
 
 
@@ -287,5 +288,5 @@ def bar_chart(rows: list[dict[str, Any]], keys: list[str], width: int = 50) -> T
         count = int(row["count"])
         bar = "█" * max(1 if count else 0, round(width * count / top)) if top else ""
         label = " ".join(str(row.get(key, "")) for key in keys) or "all"
-        table.add_row(label, f"[cyan]{bar}[/cyan] {count}")
+        table.add_row(label, Text.assemble((bar, "cyan"), f" {count}"))
     return table

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from tidings.cli_common import err, out, with_storage
 from tidings.config import Settings
@@ -101,8 +102,11 @@ def keys_rotate(
     delay_s = settings.key_rotation_delay_s if delay is None else delay
     if delay_s < SAFE_ROTATION_DELAY_S:
         err.print(
-            f"[yellow]warning:[/yellow] receivers may cache the JWKS for up to "
-            f"{SAFE_ROTATION_DELAY_S} s; until then they can reject the new key's tokens",
+            Text.assemble(
+                ("warning:", "yellow"),
+                f" receivers may cache the JWKS for up to {SAFE_ROTATION_DELAY_S} s;"
+                " until then they can reject the new key's tokens",
+            ),
             highlight=False,
         )
 
