@@ -842,3 +842,12 @@ def test_webhooks_cli_generic_mapping_as_json(server: Server) -> None:
     assert code == 1
     assert out == ""
     assert "(400)" in err
+
+
+@pytest.mark.parametrize("bad", ["", ".", ".."])
+def test_cli_delete_refuses_an_id_that_is_no_id(bad: str) -> None:
+    """An empty id or a dot segment would resolve to another URL: refused before any request."""
+    code, _, stderr = invoke(
+        {"TIDINGS_URL": "http://127.0.0.1:9", "TIDINGS_TOKEN": "tdg_x"}, "webhooks", "delete", bad
+    )
+    assert (code, " ".join(stderr.split())) == (1, f"error: webhook {bad!r} is not an id")

@@ -274,6 +274,39 @@ def test_delete_of_an_unknown_subscription_fails_clearly(tenant: Tenant) -> None
     assert flat(ran.stderr) == f"error: no subscription {missing!r} is visible to this token (404)"
 
 
+@pytest.mark.parametrize(
+    ("command", "what"),
+    [
+        (("subscriptions", "delete"), "subscription"),
+        (("subscriptions", "replay", "--since", "2024-01-01T00:00:00Z"), "subscription"),
+        (("deliveries", "list"), "subscription"),
+    ],
+)
+def test_an_id_that_is_no_id_is_refused_before_any_request(
+    tenant: Tenant, receivers: Any, command: tuple[str, ...], what: str
+) -> None:
+    """An id with '..' or '.' segments, or none, would resolve to another resource's URL
+    ('../webhooks/ID' had deleted a webhook): it is refused, and the subscription stays."""
+    sub_id = tenant.create(receivers().url)
+    name, verb, *rest = command
+    for bad in (f"{sub_id}/../{sub_id.rsplit('/', 1)[1]}", ".", "", f"{sub_id}/.."):
+        ran = tenant.run(name, verb, bad, *rest)
+        assert ran.code == 1, (bad, ran.stdout)
+        assert flat(ran.stderr) == f"error: {what} {bad!r} is not an id"
+    assert tenant.api("GET", f"/v1/subscriptions/{sub_id}").status_code == 200
+
+
+def test_a_delivery_id_is_one_path_segment(tenant: Tenant) -> None:
+    """A delivery's id is sent percent-encoded, so '/' cannot reach another route; '.', '..'
+    and an empty id are refused."""
+    for bad in (".", "..", ""):
+        ran = tenant.run("deliveries", "retry", bad)
+        assert (ran.code, flat(ran.stderr)) == (1, f"error: delivery {bad!r} is not an id")
+    ran = tenant.run("deliveries", "retry", "1/../../webhooks/x")
+    assert ran.code == 1
+    assert "404" in ran.stderr
+
+
 # --- subscriptions replay ----------------------------------------------------------------------
 
 

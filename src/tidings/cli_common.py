@@ -6,6 +6,7 @@ import asyncio
 import json
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -38,6 +39,16 @@ def fail(message: str) -> typer.Exit:
     """Print an error on stderr; return the Exit(1) to raise."""
     err.print(Text.assemble(("error:", "red"), " ", message), highlight=False)
     return typer.Exit(1)
+
+
+def id_in_path(value: str, what: str, segments: bool = False) -> str:
+    """An id as it goes in a URL's path, percent-encoded: one segment, or several for ids that
+    are paths (a subscription's). An empty id, or a '.' or '..' segment (which a URL resolves
+    to another resource), is refused."""
+    parts = value.split("/") if segments else [value]
+    if any(part in ("", ".", "..") for part in parts):
+        raise fail(f"{what} {value!r} is not an id")
+    return "/".join(quote(part, safe="") for part in parts)
 
 
 def with_storage(work: Callable[[Storage], Coroutine[Any, Any, T]]) -> T:

@@ -8,7 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tidings.cli_common import DEFAULT_URL, TokenOption, UrlOption, call, client_for, err, fail, out
+from tidings.cli_common import (
+    DEFAULT_URL,
+    TokenOption,
+    UrlOption,
+    call,
+    client_for,
+    err,
+    fail,
+    id_in_path,
+    out,
+)
 
 subscriptions_app = typer.Typer(
     help="Subscriptions: where a group's events are delivered.", no_args_is_help=True
@@ -88,7 +98,8 @@ def delete(
 ) -> None:
     """Delete a subscription."""
     client = client_for(url, token)
-    call(lambda: client.request("DELETE", f"/v1/subscriptions/{subscription_id}"))
+    path = id_in_path(subscription_id, "subscription", segments=True)
+    call(lambda: client.request("DELETE", f"/v1/subscriptions/{path}"))
 
 
 @subscriptions_app.command("replay")
@@ -100,10 +111,9 @@ def replay(
 ) -> None:
     """Queue every matching event stored since a time again; print how many."""
     client = client_for(url, token)
+    path = id_in_path(subscription_id, "subscription", segments=True)
     answer = call(
-        lambda: client.request(
-            "POST", f"/v1/subscriptions/{subscription_id}/replay", json={"since": since}
-        )
+        lambda: client.request("POST", f"/v1/subscriptions/{path}/replay", json={"since": since})
     )
     print(answer["queued"])
 
@@ -119,10 +129,9 @@ def list_deliveries(
     """List a subscription's deliveries, newest first, with their last attempt."""
     client = client_for(url, token)
     params = {"status": status} if status else {}
+    path = id_in_path(subscription_id, "subscription", segments=True)
     page = call(
-        lambda: client.request(
-            "GET", f"/v1/subscriptions/{subscription_id}/deliveries", params=params
-        )
+        lambda: client.request("GET", f"/v1/subscriptions/{path}/deliveries", params=params)
     )
     if as_json:
         for delivery in page["deliveries"]:
@@ -151,4 +160,5 @@ def retry(
 ) -> None:
     """Queue a failed delivery again, at once."""
     client = client_for(url, token)
-    call(lambda: client.request("POST", f"/v1/deliveries/{delivery_id}/retry"))
+    path = id_in_path(delivery_id, "delivery")
+    call(lambda: client.request("POST", f"/v1/deliveries/{path}/retry"))

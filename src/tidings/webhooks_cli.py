@@ -8,7 +8,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tidings.cli_common import DEFAULT_URL, TokenOption, UrlOption, call, client_for, err, fail, out
+from tidings.cli_common import (
+    DEFAULT_URL,
+    TokenOption,
+    UrlOption,
+    call,
+    client_for,
+    err,
+    fail,
+    id_in_path,
+    out,
+)
 
 webhooks_app = typer.Typer(
     help="Inbound webhooks: external systems post events to them.", no_args_is_help=True
@@ -78,4 +88,5 @@ def delete(
 ) -> None:
     """Delete an inbound webhook; its key stops working at once."""
     client = client_for(url, token)
-    call(lambda: client.request("DELETE", f"/v1/webhooks/{webhook_id}"))
+    path = id_in_path(webhook_id, "webhook")
+    call(lambda: client.request("DELETE", f"/v1/webhooks/{path}"))
