@@ -343,7 +343,22 @@ async def test_a_basic_credential_is_not_a_bearer_token(issuer: Issuer, verifier
         verifier.verify(headers, body)
 
 
-@pytest.mark.parametrize("token", ["abc", "a.b", "a.b.c.d.e", "!!.??.xx", "e30.bm90IGpzb24.AA"])
+_NESTED = base64.urlsafe_b64encode(b"[" * 12_000).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "abc",
+        "a.b",
+        "a.b.c.d.e",
+        "!!.??.xx",
+        "e30.bm90IGpzb24.AA",
+        f"{_NESTED}.e30.AA",  # nested past Python's stack: was a 500
+        f"e30.{_NESTED}.AA",
+    ],
+    ids=["one", "two", "five", "not-base64", "not-json", "nested-header", "nested-claims"],
+)
 def test_malformed_tokens_are_refused(verifier: Verifier, token: str) -> None:
     """Not three base64url parts of JSON objects: MalformedToken, 401."""
     expect(verifier, MalformedToken, 401, token)
@@ -527,6 +542,9 @@ async def test_another_issuers_key_is_refused(
         ({"exp": None}, MissingClaim),
         ({"iat": None}, MissingClaim),
         ({"exp": "soon"}, MalformedToken),
+        ({"exp": float("nan")}, MalformedToken),  # each was a 500
+        ({"exp": 10**400}, MalformedToken),
+        ({"iat": float("inf")}, MalformedToken),
     ],
 )
 def test_a_missing_or_wrong_claim_is_refused(
@@ -614,8 +632,19 @@ async def test_an_event_outside_the_tokens_group_is_forbidden(
         lambda h, b: (h, b"not json"),
         lambda h, b: (h, b'{"actor": {}, "body": {}}'),
         lambda h, b: (h, b'{"actor": {"subject": "u"}, "body": []}'),
+        lambda h, b: (h, b"[" * 12_000),  # nested past Python's stack: was a 500
     ],
-    ids=["no-type", "specversion", "content-type", "time", "group", "json", "actor", "body"],
+    ids=[
+        "no-type",
+        "specversion",
+        "content-type",
+        "time",
+        "group",
+        "json",
+        "actor",
+        "body",
+        "nested",
+    ],
 )
 async def test_a_genuine_token_with_a_malformed_event_is_invalid(
     issuer: Issuer,
@@ -666,17 +695,24 @@ async def test_an_edited_body_fails_the_standard_webhooks_signature(
     assert caught.value.status == 401
 
 
-@pytest.mark.parametrize("problem", ["unsigned", "stale", "other-secret"])
+@pytest.mark.parametrize(
+    "problem", ["unsigned", "stale", "other-secret", "superscript-digit", "400-digits"]
+)
 async def test_missing_stale_or_foreign_webhook_signatures_are_refused(
     issuer: Issuer, documents: Documents, clock: FakeClock, problem: str
 ) -> None:
-    """No webhook-* headers, a timestamp 6 minutes old, or another secret: BadWebhookSignature."""
+    """No webhook-* headers, a timestamp 6 minutes old, another secret, or a timestamp that
+    is no Unix seconds ('²' passes str.isdigit(); each was a 500): BadWebhookSignature."""
     secret = whsec()
     verifier = Verifier(ISSUER, TEAM, signing_secret=secret, fetch=documents, clock=clock.seconds)
     now = clock() // NS
-    signer = {"unsigned": None, "stale": secret, "other-secret": whsec()}[problem]
+    signer = {"unsigned": None, "stale": secret, "other-secret": whsec()}.get(problem, secret)
     stamp = now - 360 if problem == "stale" else now
     headers, body = delivery(await issuer.token_for(TEAM), secret=signer, now_s=stamp)
+    if problem == "superscript-digit":
+        headers["webhook-timestamp"] = "²"
+    elif problem == "400-digits":
+        headers["webhook-timestamp"] = "9" * 400
     with pytest.raises(BadWebhookSignature):
         verifier.verify(headers, body)
 

@@ -231,7 +231,7 @@ def parse_event(
 def _data(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past the stack
         raise InvalidEvent(f"the body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidEvent("the body must be a JSON object with 'actor' and 'body'")

@@ -112,7 +112,7 @@ def _public_key(jwk: Mapping[str, Any]) -> PublicKey | None:
 def _json_object(raw: bytes, what: str) -> dict[str, Any]:
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past the stack
         raise KeysUnavailable(f"the {what} is not JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise KeysUnavailable(f"the {what} is not a JSON object")

@@ -62,7 +62,7 @@ def verify_signature(
     """
     message_id = _one(headers, "webhook-id")
     raw_timestamp = _one(headers, "webhook-timestamp")
-    if not raw_timestamp.isdigit():
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit() and len(raw_timestamp) <= 12):
         raise BadWebhookSignature(f"webhook-timestamp is not Unix seconds: {raw_timestamp!r}")
     timestamp = int(raw_timestamp)
     if abs(now_s - timestamp) > tolerance_s:

@@ -61,7 +61,12 @@ def error_response(error: VerificationError) -> JSONResponse:
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing (BodyTooLarge) more than `limit` bytes without reading it all."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if (
+        declared is not None
+        and declared.isascii()  # str.isdigit() alone takes '²' and '٣'
+        and declared.isdigit()
+        and (len(declared) > 18 or int(declared) > limit)
+    ):
         raise BodyTooLarge(f"the body is larger than {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -122,7 +123,7 @@ def _b64decode(segment: str, what: str) -> bytes:
 def _json_segment(segment: str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(_b64decode(segment, what))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nested past the stack
         raise MalformedToken(f"the token's {what} is not JSON") from exc
     if not isinstance(value, dict):
         raise MalformedToken(f"the token's {what} is not a JSON object")
@@ -137,6 +138,8 @@ def _number(claims: Mapping[str, Any], name: str, required: bool) -> float | Non
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedToken(f"the {name} claim must be a number, got {value!r}")
+    if (isinstance(value, int) and abs(value) >= 2**63) or not math.isfinite(value):
+        raise MalformedToken(f"the {name} claim is not a time in seconds, got {value!r}")
     return float(value)
 
 

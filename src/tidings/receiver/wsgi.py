@@ -74,8 +74,8 @@ def read_body(environ: Mapping[str, Any], limit: int) -> bytes:
     declared = environ.get("CONTENT_LENGTH") or ""
     if not declared:
         length = 0
-    elif declared.isdigit():
-        length = int(declared)
+    elif declared.isascii() and declared.isdigit():  # str.isdigit() alone takes '²' and '٣'
+        length = int(declared) if len(declared) < 19 else limit + 1  # past any limit
     else:
         raise InvalidEvent(f"Content-Length is not a number: {declared!r}")
     if length > limit:
