@@ -623,3 +623,29 @@ def test_unreachable_api_is_a_clear_error() -> None:
     assert result.returncode == 1
     assert flat(result.stderr).startswith("error: cannot reach the API")
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (("serve", "--port", "99999"), "--port"),  # had served on another port, and stored it
+        (("demo", "--port", "0"), "--port"),
+        (("listen", "--group", "a", "--port", "99999"), "--port"),
+        (("events", "list", "--follow", "--interval", "nan"), "--interval"),
+        (("events", "list", "--follow", "--interval", "-1"), "--interval"),
+        (
+            ("webhooks", "create", "--group", "a", "--name", "n", "--rate-limit", "nan"),
+            "--rate-limit",
+        ),
+        (("keys", "rotate", "--delay", "99999999999999999999"), "--delay"),
+    ],
+)
+def test_an_option_out_of_its_range_is_a_usage_error(
+    tmp_path: Path, args: tuple[str, ...], option: str
+) -> None:
+    """Out-of-range and non-finite numbers are refused before anything runs (exit 2, naming
+    the option); each had been a traceback or a wrong port."""
+    result = cli(tmp_path / "tidings.db", *args)
+    assert result.exit_code == 2, result.output
+    assert option in result.output
+    assert not (tmp_path / "tidings.db").exists()

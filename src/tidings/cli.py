@@ -54,7 +54,7 @@ _with_storage, _fail, _client, _call, _parse = with_storage, fail, client_for, c
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8080,
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8080,
     worker: Annotated[
         bool,
         typer.Option("--worker/--no-worker", help="Also run the delivery worker in this process."),
@@ -105,7 +105,7 @@ def migrate() -> None:
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Port for the demo service.")] = 8080,
+    port: Annotated[int, typer.Option(help="Port for the demo service.", min=1, max=65535)] = 8080,
     once: Annotated[
         bool, typer.Option("--once", help="Exit after the demo instead of serving.")
     ] = False,

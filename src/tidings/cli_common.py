@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
@@ -33,6 +34,14 @@ TokenOption = Annotated[
     str | None,
     typer.Option("--token", envvar="TIDINGS_TOKEN", help="An API token.", show_default=False),
 ]
+
+
+def finite(value: float | None) -> float | None:
+    """An option's number, refused (a usage error) if it is NaN or infinite, which ranges let
+    through: NaN compares false with any bound."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a number")
+    return value
 
 
 def fail(message: str) -> typer.Exit:

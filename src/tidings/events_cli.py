@@ -11,7 +11,16 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from tidings.cli_common import DEFAULT_URL, TokenOption, UrlOption, call, client_for, fail, out
+from tidings.cli_common import (
+    DEFAULT_URL,
+    TokenOption,
+    UrlOption,
+    call,
+    client_for,
+    fail,
+    finite,
+    out,
+)
 
 events_app = typer.Typer(
     help="Emit, list, show and count events through the API.", no_args_is_help=True
@@ -123,7 +132,12 @@ def list_events(
     order: Annotated[str, typer.Option(help="asc or desc.")] = "asc",
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new events.")] = False,
-    interval: Annotated[float, typer.Option(help="Seconds between polls with --follow.")] = 1.0,
+    interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between polls with --follow.", min=0.1, max=3600, callback=finite
+        ),
+    ] = 1.0,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:

@@ -88,6 +88,7 @@ def keys_rotate(
         typer.Option(
             "--delay",
             min=0,
+            max=30 * 86_400,
             show_default=False,
             help="Seconds the new key is published before it signs; more than receivers cache"
             " the JWKS. [default: TIDINGS_KEY_ROTATION_DELAY, or 900]",

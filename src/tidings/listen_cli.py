@@ -167,7 +167,9 @@ def listen_command(
         str,
         typer.Option(envvar="TIDINGS_ISSUER", help="The issuer URL tokens must come from."),
     ] = DEFAULT_ISSUER,
-    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = DEFAULT_PORT,
+    port: Annotated[
+        int, typer.Option(help="Port to listen on (0: any free port).", min=0, max=65535)
+    ] = DEFAULT_PORT,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     forward: Annotated[
         str | None,

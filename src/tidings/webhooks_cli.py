@@ -16,6 +16,7 @@ from tidings.cli_common import (
     client_for,
     err,
     fail,
+    finite,
     id_in_path,
     out,
 )
@@ -32,7 +33,10 @@ def create(
     mapping: Annotated[
         str, typer.Option(help="cloudevents, alertmanager, grafana, or a generic mapping as JSON.")
     ] = "cloudevents",
-    rate_limit: Annotated[float, typer.Option(help="Requests per second.")] = 100.0,
+    rate_limit: Annotated[
+        float,
+        typer.Option(help="Requests per second.", min=0.01, max=10_000, callback=finite),
+    ] = 100.0,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
