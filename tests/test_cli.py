@@ -649,3 +649,15 @@ def test_an_option_out_of_its_range_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert option in result.output
     assert not (tmp_path / "tidings.db").exists()
+
+
+def test_a_database_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A directory where the database file should be: exit 1 and a message, for the commands
+    that open the database themselves (groups, tokens, keys)."""
+    for args in (("groups", "create", "--name", "x"), ("keys", "list")):
+        result = cli(tmp_path, *args)
+        assert result.exit_code == 1, result.output
+        assert (
+            flat(result.output)
+            == "error: the database cannot be used: unable to open database file"
+        )

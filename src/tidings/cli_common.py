@@ -71,10 +71,7 @@ def with_storage(work: Callable[[Storage], Coroutine[Any, Any, T]]) -> T:
         finally:
             await storage.close()
 
-    try:
-        return asyncio.run(run())
-    except TidingsError as exc:
-        raise fail(exc.message) from exc
+    return checked(lambda: asyncio.run(run()))
 
 
 def client_for(url: str, token: str | None) -> Client:
@@ -96,11 +93,23 @@ def call(fn: Callable[[], T]) -> T:
 
 
 def checked(fn: Callable[[], T]) -> T:
-    """Run `fn`; turn bad input or settings (TidingsError, ValueError, a missing file) into a
-    message and exit code 1."""
+    """Run `fn`; turn bad input or settings (TidingsError, ValueError, a missing file) and a
+    database that cannot be used into a message and exit code 1."""
     try:
         return fn()
     except TidingsError as exc:
         raise fail(exc.message) from exc
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
+    except _database_errors() as exc:
+        raise fail(f"the database cannot be used: {exc}") from exc
+
+
+def _database_errors() -> tuple[type[Exception], ...]:
+    """The drivers' errors, imported only when an error is being handled (psycopg is large)."""
+    import sqlite3
+
+    from psycopg import Error
+    from psycopg_pool import PoolTimeout
+
+    return (sqlite3.Error, Error, PoolTimeout)
