@@ -394,6 +394,27 @@ def test_events_emit_refused_by_the_api_shows_its_message(server: Server, tenant
     assert re.match(r"error: group must be .*\(400\)$", flat(result.stderr))
 
 
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("NaN", "--body is not valid JSON"),
+        ('{"x": 1e999}', "--body is not valid JSON"),
+        ('"\\ud800"', "--body is not valid JSON"),
+        ("[" * 600 + "]" * 600, "--body is nested too deeply to send"),
+        ("@/nonexistent/body.json", "--body: cannot read '/nonexistent/body.json'"),
+    ],
+)
+def test_events_emit_refuses_a_body_it_cannot_send_in_one_line(
+    server: Server, tenant: Tenant, body: str, message: str
+) -> None:
+    """JSON the service would refuse, or a file that cannot be read: exit 1, one line, nothing
+    sent (each had been a traceback)."""
+    result = run(server, *emit_args(tenant.root, "--body", body), token=tenant.owner)
+    assert result.returncode == 1
+    assert flat(result.stderr).startswith(f"error: {message}")
+    assert api_get(server, tenant.viewer, "/v1/events")["events"] == []
+
+
 def test_events_emit_with_invalid_body_json_fails(server: Server, tenant: Tenant) -> None:
     """A --body that is not JSON is refused before anything is sent."""
     result = run(server, *emit_args(tenant.root, "--body", "{nope"), token=tenant.owner)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import orjson
 import typer
 from rich.table import Table
 from rich.text import Text
@@ -45,12 +46,25 @@ def _filters(**given: Any) -> dict[str, Any]:
     return {name: value for name, value in given.items() if value}
 
 
-def _read_body(body: str) -> Any:
-    text = Path(body[1:]).read_text() if body.startswith("@") else body
+def _read_json(value: str, option: str) -> Any:
+    """The JSON given to `option`, or read from the file named after '@'. Parsed as the
+    service parses events (no NaN, no lone surrogates), and sendable: a file that cannot be
+    read, or JSON that is neither, is a one-line error."""
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"{option}: cannot read {value[1:]!r}: {exc}") from exc
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise fail(f"--body is not valid JSON: {exc}") from exc
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise fail(f"{option} is not valid JSON: {exc}") from exc
+    try:
+        orjson.dumps(parsed)
+    except orjson.JSONEncodeError as exc:
+        raise fail(f"{option} is nested too deeply to send: {exc}") from exc
+    return parsed
 
 
 @events_app.command("emit")
@@ -72,9 +86,9 @@ def emit(
     token: TokenOption = None,
 ) -> None:
     """Emit one event; print it as stored."""
-    data: dict[str, Any] = {"actor": {"subject": actor}, "body": _read_body(body)}
+    data: dict[str, Any] = {"actor": {"subject": actor}, "body": _read_json(body, "--body")}
     if previous:
-        data["previous"] = _read_body(previous)
+        data["previous"] = _read_json(previous, "--previous")
     event: dict[str, Any] = {
         "specversion": "1.0",
         "type": type,
