@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import http.server
 import json
 import queue
 import re
@@ -682,3 +683,75 @@ def test_a_database_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path: 
             flat(result.output)
             == "error: the database cannot be used: unable to open database file"
         )
+
+
+class _Canned(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with the status, headers and body of its server's `canned`."""
+
+    def do_GET(self) -> None:
+        status, headers, body = self.server.canned  # type: ignore[attr-defined]
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def canned() -> Iterator[http.server.HTTPServer]:
+    """A local HTTP server that is not tidings: set its `canned` answer."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Canned)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (
+            (200, {"content-type": "text/html"}, b"<html><body>Welcome</body></html>"),
+            "the answer is not JSON, so not the tidings API's: <html><body>Welcome</body></html> (200)",
+        ),
+        (
+            (307, {"location": "http://elsewhere.example/"}, b""),
+            "(no body) (redirected to http://elsewhere.example/) (307)",
+        ),
+        (
+            (500, {"content-type": "text/html"}, b"<h1>Internal\n\n  Error</h1>"),
+            "<h1>Internal Error</h1> (500)",
+        ),
+        ((400, {"content-type": "application/json"}, b'{"error": "x"}'), '{"error": "x"} (400)'),
+        ((404, {"content-type": "application/json"}, b'{"error": {}}'), '{"error": {}} (404)'),
+    ],
+)
+def test_an_answer_no_tidings_api_gives_is_one_line(
+    canned: http.server.HTTPServer, answer: tuple[int, dict[str, str], bytes], message: str
+) -> None:
+    """Pointed at something else (a web page, a redirect, another API's error), the CLI says
+    what it got in one line and exits 1; each had been a traceback."""
+    canned.canned = answer  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{canned.server_address[1]}"
+    result = CliRunner().invoke(app, ["events", "list", "--url", url, "--token", "tdg_x"])
+    assert result.exit_code == 1, result.output
+    assert flat(result.stderr) == f"error: {message}"
+
+
+@pytest.mark.parametrize("token", ["tdg_x\u201d", "tdg_\x01x"])
+def test_a_token_with_characters_no_token_has_is_refused_unshown(token: str) -> None:
+    """A smart quote or a control character: refused before any request, the token not
+    echoed (it is a secret); whitespace around a token is dropped."""
+    result = CliRunner().invoke(
+        app, ["events", "list", "--url", "http://127.0.0.1:9", "--token", token]
+    )
+    assert result.exit_code == 1
+    assert "characters no token has" in result.stderr
+    assert token not in result.stderr

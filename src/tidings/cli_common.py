@@ -76,9 +76,17 @@ def with_storage(work: Callable[[Storage], Coroutine[Any, Any, T]]) -> T:
 
 def client_for(url: str, token: str | None) -> Client:
     """An API client, or a clear error when no token is given."""
+    token = (token or "").strip()  # a line read from a file keeps its newline
     if not token:
         raise fail("an API token is needed: pass --token or set TIDINGS_TOKEN")
-    return Client(url, token)
+    if not (token.isascii() and token.isprintable()):  # never echoed: it is a secret
+        raise fail(
+            "the API token holds characters no token has (they are ASCII letters, digits, _ and -)"
+        )
+    try:
+        return Client(url, token)
+    except httpx.InvalidURL as exc:
+        raise fail(f"the API's URL {url!r} is not a URL: {exc}") from exc
 
 
 def call(fn: Callable[[], T]) -> T:

@@ -19,6 +19,25 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details
 
 
+def _error_of(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's `{"code", "message", "details"}` if it is tidings' error format."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return None
+    if not isinstance(error, dict) or "code" not in error or "message" not in error:
+        return None
+    details = error.get("details")
+    return {**error, "details": details if isinstance(details, list) else []}
+
+
+def _gist(response: httpx.Response) -> str:
+    """A short, one-line gist of an answer's body (an HTML error page, say)."""
+    text = " ".join(response.text.split())
+    where = f" (redirected to {response.headers['location']})" if response.is_redirect else ""
+    return (text[:200] + ("…" if len(text) > 200 else "") or "(no body)") + where
+
+
 class Client:
     """Calls the API at `url` with a bearer `token`."""
 
@@ -35,19 +54,26 @@ class Client:
         self._http.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request; return the decoded JSON answer or raise ApiError."""
+        """Send a request; return the decoded JSON answer or raise ApiError (also for an answer
+        no tidings API gives: a redirect, or a body that is not JSON)."""
         response = self._http.request(method, path, **kwargs)
-        if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(
-                    response.status_code, "http_error", response.text[:500], []
-                ) from None
+        status = response.status_code
+        if not 200 <= status < 300:
+            error = _error_of(response)
+            if error is None:
+                raise ApiError(status, "http_error", _gist(response), [])
+            raise ApiError(status, str(error["code"]), str(error["message"]), error["details"])
+        if status == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError:
             raise ApiError(
-                response.status_code, error["code"], error["message"], error.get("details", [])
-            )
-        return None if response.status_code == 204 else response.json()
+                status,
+                "not_json",
+                f"the answer is not JSON, so not the tidings API's: {_gist(response)}",
+                [],
+            ) from None
 
     def emit(self, event: dict[str, Any]) -> dict[str, Any]:
         """Ingest one event; return the stored event."""
