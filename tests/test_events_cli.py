@@ -384,3 +384,21 @@ def test_stored_text_is_shown_as_it_is_never_read_as_markup(server: Server, tena
     refused = run(server, tenant.viewer, "events", "list", "--group", "[/]")
     assert refused.returncode == 1
     assert "[/]" in refused.stderr
+
+
+def test_a_piped_table_keeps_ids_whole_without_columns(server: Server, tenant: Tenant) -> None:
+    """Piped, with no COLUMNS set, the table is not cut to 80 columns: a long id is whole."""
+    long_id = "order-" + "0123456789" * 6
+    emit(server, tenant.owner, ev(tenant.root, long_id))
+    env = tidings_env(None, TIDINGS_URL=server.url, TIDINGS_TOKEN=tenant.viewer)
+    del env["COLUMNS"]
+    done = subprocess.run(
+        [TIDINGS, "events", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert long_id in done.stdout

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
@@ -27,7 +29,13 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 # messages quoting input), which would otherwise be read as rich markup ("[/x]" fails, "[red]"
 # restyles the audit log). Styles are given as Text or `style=`.
 err = Console(stderr=True, markup=False)
-out = Console(markup=False)
+# Piped into a file or another program, tables are not cut to 80 columns (rich's default
+# where it cannot ask the terminal): ids and times are then kept whole. COLUMNS still rules.
+PIPED_WIDTH = 240
+out = Console(
+    markup=False,
+    width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH,
+)
 
 UrlOption = Annotated[str, typer.Option("--url", envvar="TIDINGS_URL", help="The API's base URL.")]
 TokenOption = Annotated[
