@@ -746,6 +746,22 @@ def test_only_asymmetric_algorithms_can_be_allowed() -> None:
         Verifier(ISSUER, TEAM, leeway_s=61)
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"max_lifetime_s": math.nan}, "max_lifetime_s"),  # NaN had turned the check off
+        ({"leeway_s": math.nan}, "leeway_s"),
+        ({"signing_secret": "nope"}, "24 to 64 bytes"),  # base64 of 3 bytes
+        ({"signing_secret": "whsec_" + base64.b64encode(b"k" * 65).decode()}, "24 to 64 bytes"),
+    ],
+)
+def test_a_setting_that_would_weaken_or_break_verification_is_refused(
+    setting: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        Verifier(ISSUER, TEAM, **setting)
+
+
 async def test_discovery_naming_another_issuer_makes_keys_unavailable(
     storage: SQLiteStorage, clock: FakeClock, signing_key: tuple[str, rsa.RSAPrivateKey]
 ) -> None:

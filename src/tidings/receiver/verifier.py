@@ -209,8 +209,8 @@ class Verifier:
             )
         if not 0 <= leeway_s <= MAX_LEEWAY_S:
             raise ValueError(f"leeway_s must be between 0 and {MAX_LEEWAY_S}")
-        if max_lifetime_s <= 0:
-            raise ValueError("max_lifetime_s must be positive")
+        if not (max_lifetime_s > 0 and math.isfinite(max_lifetime_s)):  # NaN passes `<= 0`
+            raise ValueError("max_lifetime_s must be a positive number")
         self.audience = audience
         self.algorithms = tuple(algorithms)
         self.leeway_s = leeway_s
