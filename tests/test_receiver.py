@@ -628,6 +628,7 @@ async def test_an_event_outside_the_tokens_group_is_forbidden(
         lambda h, b: ({**h, "Ce-Specversion": "0.3"}, b),
         lambda h, b: ({**h, "Content-Type": "text/plain"}, b),
         lambda h, b: ({**h, "Ce-Time": "yesterday"}, b),
+        lambda h, b: ({**h, "Ce-Time": "2024-13-45T25:61:61Z"}, b),  # had failed only later
         lambda h, b: ({**h, "Ce-Group": "Not A Group"}, b),
         lambda h, b: (h, b"not json"),
         lambda h, b: (h, b'{"actor": {}, "body": {}}'),
@@ -639,6 +640,7 @@ async def test_an_event_outside_the_tokens_group_is_forbidden(
         "specversion",
         "content-type",
         "time",
+        "no-such-time",
         "group",
         "json",
         "actor",

@@ -114,16 +114,7 @@ class Event:
     @property
     def timestamp(self) -> datetime | None:
         """`time` as an aware datetime (to the microsecond), or None."""
-        if self.time is None:
-            return None
-        text = self.time.replace("z", "Z").replace("t", "T")
-        head, _, rest = text.partition(".")
-        if rest:  # datetime takes at most 6 fractional digits
-            digits = re.match(r"\d+", rest)
-            assert digits is not None
-            text = f"{head}.{digits.group()[:6]}{rest[digits.end() :]}"
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return parsed.astimezone(UTC)
+        return None if self.time is None else _datetime(self.time)
 
     def to_cloudevent(self) -> dict[str, Any]:
         """The event in CloudEvents structured mode (JSON), as tidings' audit log shows it."""
@@ -189,8 +180,13 @@ def parse_event(
     event_type, group = _required(attributes, "type"), _required(attributes, "group")
     subject = attributes.pop("subject", None)
     time = attributes.pop("time", None)
-    if time is not None and _RFC3339.fullmatch(time) is None:
-        raise InvalidEvent(f"Ce-Time must be an RFC 3339 date-time, got {time!r}")
+    if time is not None:
+        try:  # the form, then the date: a 13th month or a 61st second is no time either
+            if _RFC3339.fullmatch(time) is None:
+                raise ValueError("not RFC 3339")
+            _datetime(time)
+        except (ValueError, OverflowError) as exc:
+            raise InvalidEvent(f"Ce-Time must be an RFC 3339 date-time, got {time!r}") from exc
     if not is_group(group):
         raise InvalidEvent(f"Ce-Group is not a group path: {group!r}")
     # An event may be shared with groups outside its own (Ce-Allowedgroups): a subscription of
@@ -226,6 +222,18 @@ def parse_event(
         claims=claims,
         webhook_id=webhook_id,
     )
+
+
+def _datetime(time: str) -> datetime:
+    """An RFC 3339 `time` (of _RFC3339's form) as an aware datetime, to the microsecond;
+    ValueError if its date or time of day does not exist."""
+    text = time.replace("z", "Z").replace("t", "T")
+    head, _, rest = text.partition(".")
+    if rest:  # datetime takes at most 6 fractional digits
+        digits = re.match(r"\d+", rest)
+        assert digits is not None
+        text = f"{head}.{digits.group()[:6]}{rest[digits.end() :]}"
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
 def _data(body: bytes) -> dict[str, Any]:
