@@ -60,6 +60,7 @@ from tidings.ids import uuid7
 from tidings.model import EventInput, Group
 from tidings.storage.base import Storage
 from tidings.storage.migrations import migration_files
+from tidings.storage.rows import event_identity
 from tidings.storage.sqlite import SQLiteStorage, apply_migrations
 from tidings.timestamps import from_ns
 from tidings.tokens import new_token
@@ -188,11 +189,7 @@ def stored_row(event: EventInput, now_ns: int) -> tuple[Any, ...]:
     event_id = event.id or uuid7()
     when = event.time or from_ns(now_ns)
     return (
-        groups.root_of(event.group),
-        event.group,
-        event_id,
-        event.source,
-        event.type,
+        *event_identity(event, event_id),
         event.subject,
         event.actor,
         when.ns,

@@ -25,6 +25,7 @@ from tidings.storage.postgres_partitions import DAY_NS
 from tidings.storage.rows import (
     SUBSCRIPTION_COLUMNS,
     delivers_to,
+    event_identity,
     groups_above,
     subscription_from_row,
 )
@@ -449,11 +450,7 @@ def _text_values(
     words); its scope rows' groups and type by their numbers (see postgres_interned)."""
     scopes = visible_scopes(event)
     return (
-        groups.root_of(event.group),
-        event.group,
-        event_id,
-        event.source,
-        event.type,
+        *event_identity(event, event_id),
         event.subject or "",
         str(event.roles_mask),
         str(time.ns),

@@ -114,6 +114,12 @@ def delivers_to(sub: Subscription, event: EventInput) -> bool:
     )
 
 
+def event_identity(event: EventInput, event_id: str) -> tuple[str, str, str, str, str]:
+    """An event's first columns in both backends' `events`: tenant, group, id (given or
+    minted), source, type."""
+    return groups.root_of(event.group), event.group, event_id, event.source, event.type
+
+
 def groups_above(event: EventInput) -> set[str]:
     """The groups whose subscriptions may get the event: above its group or an allowed group."""
     found = set(groups.ancestors(event.group))

@@ -19,6 +19,7 @@ from tidings.ids import uuid7s
 from tidings.model import EventInput, EventQuery, Ingested, StoredEvent
 from tidings.storage import querying
 from tidings.storage.conflicts import repeated_in_batch, stored_with_other_content
+from tidings.storage.rows import event_identity
 from tidings.storage.sqlite_delivery import FanOut
 from tidings.storage.sqlite_scopes import INTERNED
 from tidings.timestamps import from_ns
@@ -190,11 +191,7 @@ def ingest(conn: sqlite3.Connection, events: Sequence[EventInput], now_ns: int) 
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (tenant, source, id) DO NOTHING",
             (
-                tenant,
-                event.group,
-                event_id,
-                event.source,
-                event.type,
+                *event_identity(event, event_id),
                 event.subject,
                 event.actor,
                 time.ns,
