@@ -33,9 +33,12 @@ def _error_of(response: httpx.Response) -> dict[str, Any] | None:
 
 def _gist(response: httpx.Response) -> str:
     """A short, one-line gist of an answer's body (an HTML error page, say)."""
-    text = " ".join(response.text.split())
-    where = f" (redirected to {response.headers['location']})" if response.is_redirect else ""
-    return (text[:200] + ("…" if len(text) > 200 else "") or "(no body)") + where
+    text = " ".join(response.text.split()) or "(no body)"
+    if len(text) > 200:
+        text = text[:200] + "…"
+    if response.is_redirect:
+        text += f" (redirected to {response.headers['location']})"
+    return text
 
 
 class Client:
