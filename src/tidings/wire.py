@@ -41,8 +41,9 @@ _ACTOR_LIMIT = 1024
 _DEPTH_LIMIT = 254  # orjson writes at most this many levels of objects and arrays
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _QUOTED_PAIR = re.compile(r"\\(.)", re.DOTALL)
-# The actor and the eventkey are stored as text of their own, which cannot hold NUL.
-_HOLDS_NUL = "{} must not hold NUL (\\u0000)"
+# What a text PostgreSQL must store may not hold (it cannot): the actor and the eventkey here,
+# any text of a management request (api/storable.py).
+NUL_FAULT = "must not hold NUL (\\u0000)"
 
 
 def dumps(value: Any) -> str:
@@ -192,7 +193,7 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
     ):
         raise BadRequest("eventkey must be a string of 1 to 256 characters")
     if eventkey is not None and "\x00" in eventkey:
-        raise BadRequest(_HOLDS_NUL.format("eventkey"))
+        raise BadRequest(f"eventkey {NUL_FAULT}")
     _check_data(data)
     try:
         data_json = dumps(data)
@@ -297,7 +298,7 @@ def _check_data(data: Any) -> None:
     if not isinstance(actor.get("subject"), str) or not actor["subject"]:
         raise BadRequest("data.actor.subject is required: a non-empty string")
     if "\x00" in actor["subject"]:
-        raise BadRequest(_HOLDS_NUL.format("data.actor.subject"))
+        raise BadRequest(f"data.actor.subject {NUL_FAULT}")
     if _too_long(actor["subject"], _ACTOR_LIMIT):
         raise BadRequest(f"data.actor.subject is longer than {_ACTOR_LIMIT} bytes (in UTF-8)")
     if "email" in actor and not isinstance(actor["email"], str):

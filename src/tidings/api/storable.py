@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tidings.api.errors import error_response
+from tidings.wire import NUL_FAULT
 
 NUL = "\x00"
 ESCAPED_NUL = "\\u0000"  # as JSON writes it, and as messages show it
@@ -31,7 +32,7 @@ _INT64 = range(-(2**63), 2**63)
 
 def _text_fault(text: str) -> str | None:
     if NUL in text:
-        return f"must not hold NUL ({ESCAPED_NUL})"
+        return NUL_FAULT
     if not text.isascii():
         try:
             text.encode()
