@@ -26,7 +26,6 @@ from tidings.api.errors import error_response
 from tidings.wire import NUL_FAULT
 
 NUL = "\x00"
-ESCAPED_NUL = "\\u0000"  # as JSON writes it, and as messages show it
 _INT64 = range(-(2**63), 2**63)
 
 
