@@ -82,9 +82,8 @@ class Tenant:
     viewer: str
 
 
-@pytest.fixture
-def tenant(client: TestClient) -> Tenant:
-    """A fresh tenant with one token per role."""
+def new_tenant(client: TestClient) -> Tenant:
+    """A fresh root group with an owner, a producer and a viewer token."""
     root = groups.new_root()
     return Tenant(
         root=root,
@@ -92,6 +91,12 @@ def tenant(client: TestClient) -> Tenant:
         producer=make_token(client, root, "producer"),
         viewer=make_token(client, root, "viewer"),
     )
+
+
+@pytest.fixture
+def tenant(client: TestClient) -> Tenant:
+    """A fresh tenant with one token per role."""
+    return new_tenant(client)
 
 
 def event(group: str, **overrides: Any) -> dict[str, Any]:

@@ -685,6 +685,23 @@ def test_a_database_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path: 
         )
 
 
+def test_a_postgresql_server_that_cannot_be_reached_is_named_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Nothing listens at the URL's port: the commands that open the database say why, in one
+    line, without the pool retrying (and warning) until its timeout first."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/tidings"
+    runner = CliRunner(env={"TIDINGS_DATABASE_URL": url, "TIDINGS_TOKEN": None})
+    for args in (("keys", "list"), ("retention",)):
+        result = runner.invoke(app, list(args))
+        assert result.exit_code == 1, result.output
+        assert flat(result.output).startswith(
+            "error: the database cannot be used: connection failed"
+        )
+        assert "Connection refused" in result.output
+    assert not [r for r in caplog.records if r.name.startswith("psycopg.pool")]
+
+
 class _Canned(http.server.BaseHTTPRequestHandler):
     """Answers every GET with the status, headers and body of its server's `canned`."""
 

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from tests import servers
-from tests.conftest import Tenant, auth, event, make_token
+from tests.conftest import Tenant, auth, event, make_token, new_tenant
 from tests.servers import Server, StartServer, database_url
 from tidings import groups
 from tidings.api import create_app
@@ -115,17 +115,6 @@ def changed(event_type: str, path: tuple[str | int, ...], value: Any) -> dict[st
     else:
         parent[path[-1]] = value
     return body
-
-
-def new_tenant(client: TestClient) -> Tenant:
-    """A fresh root group with an owner, a producer and a viewer token."""
-    root = groups.new_root()
-    return Tenant(
-        root=root,
-        owner=make_token(client, root, "owner"),
-        producer=make_token(client, root, "producer"),
-        viewer=make_token(client, root, "viewer"),
-    )
 
 
 def register_build_type(client: TestClient, tenant: Tenant, **extra: Any) -> Any:

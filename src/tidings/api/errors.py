@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from tidings.errors import TidingsError, TooManyRequests
 
 log = structlog.get_logger("tidings.api")
+DATABASE_RETRY_AFTER_S = 1
 
 
 def error_response(
@@ -53,6 +54,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("the database is unavailable", path=request.url.path, error=str(exc))
+    response = error_response(
+        503,
+        "unavailable",
+        "the database is unavailable just now (restarting, or the connection broke); retry",
+    )
+    response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
+    return response
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
     return error_response(500, "internal", "an internal error occurred; it has been logged")
@@ -63,6 +75,13 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TidingsError, _tidings_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    # PostgreSQL's errors of the moment, not of the request: a connection that broke (a
+    # restart, a failover, an administrator's kill), no connection free within the pool's
+    # wait, a deadlock or a cancelled statement. psycopg is imported here, where the app is
+    # made, not where the CLI imports this module.
+    from psycopg import OperationalError
+
+    app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -80,6 +80,7 @@ from tidings.storage.rows import (
 )
 
 T = TypeVar("T")
+CONNECT_TIMEOUT_S = 30.0  # the longest a process waits for its first connection
 log = structlog.get_logger("tidings.postgres")
 MIGRATION_LOCK = 7_160_946_001  # pg_advisory_xact_lock key of tidings' migrations
 DAYS_AHEAD = (
@@ -94,8 +95,15 @@ class PostgresStorage(Storage):
         self.url = url
         # Autocommit: `_run` makes its transactions itself, and `_run_pipelined` sends its own
         # BEGIN and COMMIT along with its statements.
+        # Each connection is checked (one empty query) as it is handed out: after a database
+        # restart or failover, the broken ones are replaced before a request meets them.
         self._pool = LastInFirstOutPool(
-            url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            open=False,
+            kwargs={"autocommit": True},
+            check=LastInFirstOutPool.check_connection,
         )
         self._partition_days: set[int] = set()
         self._interned = Interned()
@@ -118,9 +126,24 @@ class PostgresStorage(Storage):
             return await pipelined(conn, work)
 
     async def open(self) -> None:
-        await self._pool.open(wait=True)
+        await self._check_reachable()
+        await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
         await self.migrate()
         await self.maintain(time.time_ns())
+
+    async def _check_reachable(self) -> None:
+        """Make one connection before the pool opens: a database that cannot be reached fails
+        at once with the driver's reason (refused, unknown host, bad password), where the pool
+        retries for its whole timeout, warning at every try, and then says only that it timed
+        out. Processes start after `tidings migrate` has reached the database, and a supervisor
+        restarts them (docs/deploy.md)."""
+        try:
+            conn = await asyncio.wait_for(AsyncConnection.connect(self.url), CONNECT_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise errors.OperationalError(
+                f"no connection to the database within {CONNECT_TIMEOUT_S:.0f} s"
+            ) from exc
+        await conn.close()
 
     async def close(self) -> None:
         await self._pool.close()
