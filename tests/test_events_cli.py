@@ -362,6 +362,20 @@ def test_list_actor_me(server: Server, tenant: Tenant) -> None:
     assert "(400)" in " ".join(result.stderr.split())
 
 
+def test_an_empty_filter_is_sent_not_dropped(server: Server, tenant: Tenant) -> None:
+    """--actor '' matches the events whose actor is empty (none), as `actor=` does in the API;
+    --search '' is the API's 400. Neither lists every event as if no filter were given."""
+    emit(server, tenant.owner, ev(tenant.root, "e1", actor="alice"))
+    result = run(server, tenant.viewer, "events", "list", "--json", "--actor", "")
+    assert result.returncode == 0, result.stderr
+    assert json_lines(result.stdout) == []
+    result = run(server, tenant.viewer, "events", "stats", "--json", "--actor", "")
+    assert json_lines(result.stdout) == [{"count": 0}]
+    result = run(server, tenant.viewer, "events", "list", "--search", "")
+    assert result.returncode == 1
+    assert "(400)" in " ".join(result.stderr.split())
+
+
 def test_stored_text_is_shown_as_it_is_never_read_as_markup(server: Server, tenant: Tenant) -> None:
     """Actors, descriptions and subjects holding rich markup are printed literally: "[/x]" had
     made every table view of the tenant fail, and "[red]...[/red]" restyled the audit log."""

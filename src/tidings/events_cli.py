@@ -43,7 +43,9 @@ UntilOption = Annotated[str | None, typer.Option(help="RFC 3339: before.")]
 
 
 def _filters(**given: Any) -> dict[str, Any]:
-    return {name: value for name, value in given.items() if value}
+    """The filters given, as typed: an empty one goes to the API, which matches or refuses it
+    (`--actor ''` lists no event, as `actor=` does), never dropped as if not given."""
+    return {name: value for name, value in given.items() if value is not None and value != []}
 
 
 def _read_json(value: str, option: str) -> Any:
