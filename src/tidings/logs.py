@@ -10,13 +10,16 @@ import structlog
 
 def configure(log_format: str = "console", level: str = "info") -> None:
     """Route structlog and the standard library's logging through one renderer on stderr."""
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer()
+    # Plain tracebacks: rich ones print local variables, which may hold tokens and keys. In
+    # JSON, the traceback is the text of an "exception" key (without it, only "exc_info": true).
+    rendering: list[structlog.typing.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
         if log_format == "json"
-        # Plain tracebacks: rich ones print local variables, which may hold tokens and keys.
-        else structlog.dev.ConsoleRenderer(
-            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
-        )
+        else [
+            structlog.dev.ConsoleRenderer(
+                colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -33,7 +36,7 @@ def configure(log_format: str = "console", level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
             foreign_pre_chain=shared,
         )
     )
