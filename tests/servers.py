@@ -43,6 +43,16 @@ def free_port() -> int:
         return port
 
 
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that a socket listens on until the block ends."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port: int = sock.getsockname()[1]
+        yield port
+
+
 def database_url(database: Path) -> str:
     """The TIDINGS_DATABASE_URL of an SQLite file."""
     return f"sqlite:///{database.resolve()}"

@@ -7,7 +7,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -20,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import TIDINGS, Server, free_port, serving, tidings_env
+from tests.servers import TIDINGS, Server, free_port, serving, taken_port, tidings_env
 from tidings.catalog import builtin_types
 
 LABELS = {
@@ -292,10 +291,7 @@ def test_a_served_demo_removes_its_database_when_interrupted(tmp_path: Path) -> 
 
 def test_a_demo_on_a_taken_port_says_so_and_leaves_nothing(tmp_path: Path) -> None:
     """A port in use is a one-line error naming --port, exit code 1, and no database made."""
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         result = subprocess.run(
             [TIDINGS, "demo", "--port", str(port)],
             env=tidings_env() | {"TMPDIR": str(tmp_path)},

@@ -79,6 +79,17 @@ def serve(
 def run_worker(
     log_format: Annotated[str, typer.Option(help="console or json.")] = "console",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Answer /healthz, /readyz and /metrics (Prometheus) on this port.",
+            min=1,
+            max=65535,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address for --metrics-port to listen on.")
+    ] = "127.0.0.1",
 ) -> None:
     """Run the delivery worker alone, until interrupted."""
     from tidings import logs
@@ -88,7 +99,8 @@ def run_worker(
     logs.configure(log_format, log_level)
     settings = checked(Settings.from_env)
     tune_for_service()
-    checked(lambda: uvloop.run(run_standalone_worker(settings)))
+    probes_at = None if metrics_port is None else (metrics_host, metrics_port)
+    checked(lambda: uvloop.run(run_standalone_worker(settings, probes_at)))
 
 
 @app.command()

@@ -97,3 +97,7 @@ class TooManyRequests(TidingsError):
     def __init__(self, message: str | None = None, retry_after: int = 1):
         super().__init__(message)
         self.retry_after = retry_after
+
+
+# What /readyz answers (503) when the process cannot serve: an API process's or a worker's.
+NOT_READY = "the database is unreachable or its schema is not current"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tidings.catalog import builtin_types
+
+if TYPE_CHECKING:
+    from tidings.storage.base import Storage
 
 OTHER = "other"
 
@@ -76,3 +80,10 @@ class Metrics:
         self.deliveries_due.set(due)
         self.deliveries_in_flight.set(in_flight)
         self.oldest_due_age.set(oldest_due_age_s)
+
+    async def exposition(self, storage: Storage, now_ns: int) -> bytes:
+        """The metrics in the Prometheus text format, the backlog gauges read from `storage`
+        just before (every process sees the whole backlog: it lives in the database)."""
+        due, in_flight, oldest = await storage.delivery_backlog(now_ns)
+        self.backlog(due, in_flight, 0.0 if oldest is None else max(0, now_ns - oldest) / 1e9)
+        return generate_latest(self.registry)

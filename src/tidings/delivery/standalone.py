@@ -8,6 +8,7 @@ import signal
 import structlog
 
 from tidings.config import Settings
+from tidings.delivery.probes import serve_probes
 from tidings.issuer import stored_issuer_url
 from tidings.metrics import Metrics
 from tidings.runtime import Delivery
@@ -16,20 +17,32 @@ from tidings.storage import storage_for
 log = structlog.get_logger("tidings.worker")
 
 
-async def run_standalone_worker(settings: Settings) -> None:
-    """Deliver from the configured database until told to stop; in-flight sends finish first."""
+async def run_standalone_worker(
+    settings: Settings, probes_at: tuple[str, int] | None = None
+) -> None:
+    """Deliver from the configured database until told to stop; in-flight sends finish first.
+    With `probes_at` (host, port), answer /healthz, /readyz and /metrics there meanwhile."""
     storage = storage_for(settings)
     await storage.open()
+    probes = None
     try:
         issuer_url = await stored_issuer_url(storage, settings.issuer)
-        delivery = await Delivery.start(settings, storage, issuer_url, Metrics())
+        metrics = Metrics()
+        if probes_at is not None:
+            try:
+                probes = await serve_probes(storage, metrics, *probes_at)
+            except OSError as exc:
+                raise ValueError(f"--metrics-port {probes_at[1]}: {exc.strerror}") from exc
+        delivery = await Delivery.start(settings, storage, issuer_url, metrics)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopped.set)
-        log.info("worker started", issuer=issuer_url)
+        log.info("worker started", issuer=issuer_url, probes=probes_at)
         await stopped.wait()
         log.info("worker stopping")
         await delivery.stop()
     finally:
+        if probes is not None:
+            await probes.cleanup()
         await storage.close()

@@ -1,0 +1,52 @@
+"""`tidings worker --metrics-port`: the worker's liveness, readiness and Prometheus metrics over
+HTTP, as an API process answers them (/healthz, /readyz, /metrics), so that a scraper sees the
+delivery counters and latencies where deliveries are made."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from tidings.errors import NOT_READY
+from tidings.metrics import Metrics
+from tidings.storage.base import Storage
+
+
+async def serve_probes(storage: Storage, metrics: Metrics, host: str, port: int) -> web.AppRunner:
+    """Start answering the probes on `host:port`; the caller cleans the runner up."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if await storage.ready():
+            return web.json_response({"status": "ready"})
+        return web.json_response(
+            {
+                "error": {
+                    "code": "not_ready",
+                    "message": NOT_READY,
+                    "details": [],
+                }
+            },
+            status=503,
+        )
+
+    async def metrics_page(_: web.Request) -> web.Response:
+        body = await metrics.exposition(storage, time.time_ns())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_page)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner

@@ -1,0 +1,138 @@
+"""`tidings worker --metrics-port`: a worker process answers /healthz, /readyz and /metrics,
+and its metrics count the deliveries it made."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Tenant, auth, event
+from tests.receivers import Receiver
+from tests.servers import TIDINGS, free_port, taken_port, tidings_env
+from tidings.config import Settings
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """An API without a worker of its own, whose deliveries may go to 127.0.0.1."""
+    return Settings(
+        database_url=database_url,
+        allow_private_sinks=True,
+        run_worker=False,
+        public_url="http://tidings.test",
+    )
+
+
+@pytest.fixture
+def worker(database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A `tidings worker` process on the test's database, and its probes' base URL."""
+    port = free_port()
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [TIDINGS, "worker", "--metrics-port", str(port)],
+            env=tidings_env(
+                TIDINGS_DATABASE_URL=database_url,
+                TIDINGS_ALLOW_PRIVATE_SINKS="true",
+                TIDINGS_DELIVERY_POLL="0.05",
+            ),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while not _answers(f"{url}/healthz"):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield process, url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(20)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_a_workers_probes_answer_and_its_metrics_count_its_deliveries(
+    client: TestClient,
+    tenant: Tenant,
+    receivers: Any,
+    worker: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    process, url = worker
+    receiver: Receiver = receivers()
+    assert httpx.get(f"{url}/readyz", timeout=5).json() == {"status": "ready"}
+    before = _samples(url)
+    assert ("tidings_delivery_attempts_total", (("outcome", "delivered"),)) not in before
+    assert before[("tidings_deliveries_due", ())] == 0.0
+
+    subscribed = client.post(
+        "/v1/subscriptions",
+        json={"parent": tenant.root, "sink": receiver.url, "types": [event(tenant.root)["type"]]},
+        headers=auth(tenant.owner),
+    )
+    assert subscribed.status_code == 201, subscribed.text
+    for index in range(3):
+        sent = client.post(
+            "/v1/events", json=event(tenant.root, id=f"e{index}"), headers=auth(tenant.producer)
+        )
+        assert sent.status_code == 201, sent.text
+    receiver.wait_for(3)
+
+    deadline = time.monotonic() + 10
+    while True:  # the worker records a batch of results after the sends
+        after = _samples(url)
+        delivered = after.get(("tidings_delivery_attempts_total", (("outcome", "delivered"),)))
+        if delivered == 3.0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert delivered == 3.0
+    assert after[("tidings_delivery_latency_seconds_count", ())] == 3.0
+    assert after[("tidings_deliveries_due", ())] == 0.0
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+
+
+def test_a_metrics_port_in_use_is_a_one_line_error(database_url: str) -> None:
+    """A port something listens on: exit code 1 and one line naming --metrics-port."""
+    with taken_port() as port:
+        done = subprocess.run(
+            [TIDINGS, "worker", "--metrics-port", str(port)],
+            env=tidings_env(TIDINGS_DATABASE_URL=database_url, TIDINGS_ISSUER="https://x.test"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1, done.stderr
+    message = " ".join(done.stderr.split())
+    assert message.startswith(f"error: --metrics-port {port}: "), message
+    assert message.endswith("address already in use"), message
+    assert len(done.stderr.strip().splitlines()) <= 2  # one line, wrapped at most once
