@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -683,6 +684,18 @@ def test_a_database_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path: 
             flat(result.output)
             == "error: the database cannot be used: unable to open database file"
         )
+
+
+def test_version_names_the_release_and_each_backends_last_migration(tmp_path: Path) -> None:
+    """`tidings --version` says which release runs and the schema it migrates to, and opens
+    no database."""
+    result = cli(tmp_path / "tidings.db", "--version")
+    assert result.exit_code == 0, result.output
+    postgres, sqlite = (migration_files(backend)[-1][0] for backend in ("postgres", "sqlite"))
+    assert flat(result.output) == (
+        f"tidings {version('tidings')} (schema: PostgreSQL {postgres}, SQLite {sqlite})"
+    )
+    assert not (tmp_path / "tidings.db").exists()
 
 
 def test_a_postgresql_server_that_cannot_be_reached_is_named_at_once(

@@ -47,6 +47,39 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
 app.command("listen")(listen_command)
 
+
+def _print_version(asked: bool) -> None:
+    """Print the version and the last migration of each backend (what `Upgrading` in
+    docs/deploy.md speaks of), then exit."""
+    if not asked:
+        return
+    from importlib.metadata import version
+
+    from tidings.storage.migrations import migration_files
+
+    last = {backend: migration_files(backend)[-1][0] for backend in ("postgres", "sqlite")}
+    out.print(
+        f"tidings {version('tidings')} (schema: PostgreSQL {last['postgres']},"
+        f" SQLite {last['sqlite']})"
+    )
+    raise typer.Exit()
+
+
+@app.callback()
+def options(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and the schema's last migrations, then exit.",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """tidings: a self-hosted events service for platforms."""
+
+
 # Kept for modules that import these names from here.
 _with_storage, _fail, _client, _call, _parse = with_storage, fail, client_for, call, checked
 
