@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 
 from tidings import __version__
 from tidings.api import access, errors, events, health, subscriptions, types, webhooks, wellknown
+from tidings.api.request_ids import RequestIds
 from tidings.api.state import AppState
 from tidings.api.storable import RefuseNulInUrl
 from tidings.config import Settings
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
     app.state.tidings = state
     errors.install(app)
     app.add_middleware(RefuseNulInUrl)
+    app.add_middleware(RequestIds)  # added last, so outside the others: their answers get it too
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from tidings.api.request_ids import HEADER, current_request_id
 from tidings.errors import TidingsError, TooManyRequests
 
 log = structlog.get_logger("tidings.api")
@@ -67,7 +68,13 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", path=request.url.path)
-    return error_response(500, "internal", "an internal error occurred; it has been logged")
+    response = error_response(
+        500, "internal", "an internal error occurred; it has been logged with the request's id"
+    )
+    request_id = current_request_id()
+    if request_id is not None:  # a 500 is answered outside the middleware that adds it
+        response.headers[HEADER] = request_id
+    return response
 
 
 def install(app: FastAPI) -> None:
