@@ -13,12 +13,15 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from psycopg_pool import PoolTimeout
 
 from tests.conftest import auth, event, new_tenant
 from tests.databases import new_schema
 from tests.receivers import Receiver
 from tidings.api import create_app
+from tidings.api.errors import is_transient
 from tidings.config import Settings
 
 
@@ -131,3 +134,44 @@ def test_a_connection_that_breaks_under_a_request_is_a_503_and_stores_nothing(
     assert [e["id"] for e in listed.json()["events"]] == []
     again = client.post("/v1/events", json=body, headers=auth(tenant.producer))
     assert again.status_code == 201, again.text
+
+
+@pytest.mark.parametrize(
+    ("error", "transient"),
+    [
+        (psycopg.OperationalError("consuming input failed: server closed the connection"), True),
+        (PoolTimeout("couldn't get a connection after 30.00 sec"), True),
+        (psycopg.errors.AdminShutdown(), True),
+        (psycopg.errors.DeadlockDetected(), True),
+        (psycopg.errors.SerializationFailure(), True),
+        (psycopg.errors.TooManyConnections(), True),
+        (psycopg.errors.DiskFull(), True),
+        (psycopg.errors.LockNotAvailable(), True),
+        (psycopg.errors.ConnectionFailure(), True),
+        (psycopg.errors.ProgramLimitExceeded(), False),  # an index row too big: the request's
+        (psycopg.errors.ObjectInUse(), False),
+        (psycopg.errors.UndefinedFile(), False),
+    ],
+)
+def test_only_errors_of_the_moment_are_answered_503(
+    error: psycopg.OperationalError, transient: bool
+) -> None:
+    """A 503 says "send it again": never for an error the same request would meet again."""
+    assert is_transient(error.sqlstate) is transient
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(psycopg.errors.AdminShutdown(), 503), (psycopg.errors.ProgramLimitExceeded(), 500)],
+)
+def test_the_answer_follows_the_kind_of_error(
+    app: FastAPI, error: psycopg.OperationalError, status: int
+) -> None:
+    @app.get("/v1/fails-for-this-test")
+    async def fails() -> None:
+        raise error
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        answer = client.get("/v1/fails-for-this-test")
+    assert answer.status_code == status
+    assert ("retry-after" in answer.headers) is (status == 503)

@@ -55,7 +55,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
+# The SQLSTATE classes of PostgreSQL's errors of the moment, which the same request may not meet
+# again: a connection that failed (08), a transaction rolled back to be retried (40:
+# serialization, deadlock), resources short (53: disk, memory, connections), the server shutting
+# down or cancelling (57), a lock not available (55P03). A broken connection or the pool's
+# timeout carry none. Others of psycopg's OperationalError, such as a program limit (54), come
+# from the request or from tidings: they stay 500s.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57")
+_TRANSIENT_STATES = ("55P03",)
+
+
+def is_transient(sqlstate: str | None) -> bool:
+    """Whether a PostgreSQL error with `sqlstate` is one of the moment (see above)."""
+    return sqlstate is None or sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_STATES
+
+
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
+    if not is_transient(getattr(exc, "sqlstate", None)):
+        raise exc  # to the handler of 500s, which logs it
     log.warning("the database is unavailable", path=request.url.path, error=str(exc))
     response = error_response(
         503,
@@ -82,10 +99,10 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TidingsError, _tidings_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    # PostgreSQL's errors of the moment, not of the request: a connection that broke (a
-    # restart, a failover, an administrator's kill), no connection free within the pool's
-    # wait, a deadlock or a cancelled statement. psycopg is imported here, where the app is
-    # made, not where the CLI imports this module.
+    # PostgreSQL's errors of the moment, not of the request (`is_transient`): a connection that
+    # broke (a restart, a failover, an administrator's kill), no connection free within the
+    # pool's wait, a deadlock. psycopg is imported here, where the app is made, not where the
+    # CLI imports this module.
     from psycopg import OperationalError
 
     app.add_exception_handler(OperationalError, _database_unavailable)
