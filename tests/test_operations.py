@@ -130,4 +130,7 @@ def test_openapi_documents_errors_as_they_are_answered(client: TestClient) -> No
         "$ref": "#/components/schemas/Error"
     }
     assert "HTTPValidationError" not in document["components"]["schemas"]
+    assert listing["503"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Error"
+    }
     assert client.get("/v1/events", params={"limit": 1000}).status_code in (400, 401)

@@ -129,6 +129,8 @@ _ERRORS = {
     "401": "no, unknown or expired token",
     "403": "the token may not do this",
     "404": "not found, or not visible to the token",
+    "503": "the database is unavailable just now (PostgreSQL restarting, say): retry after"
+    " Retry-After seconds",
 }
 
 
