@@ -385,3 +385,19 @@ def test_producer_may_not_ingest_outside_its_group(client: TestClient, tenant: T
 def test_owner_may_ingest(client: TestClient, tenant: Tenant) -> None:
     """The owner role includes producer."""
     assert post(client, tenant.owner, event(tenant.root)).status_code == 201
+
+
+def test_an_event_of_many_distinct_words_is_stored_and_found(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """120,000 distinct words (0.9 MB) in the body: stored by both backends (PostgreSQL's
+    tsvector of them all would pass its 1 MiB limit), and found by its first words."""
+    text = " ".join(f"w{n:x}z" for n in range(120_000))
+    body = event(tenant.root, id="wordy", data={"actor": {"subject": "u"}, "body": {"t": text}})
+    stored = client.post("/v1/events", json=body, headers=auth(tenant.producer))
+    assert stored.status_code == 201, stored.text
+    found = client.get("/v1/events", params={"q": "w1fz"}, headers=auth(tenant.viewer))
+    assert [e["id"] for e in found.json()["events"]] == ["wordy"]
+    assert (
+        client.get("/v1/events/wordy", headers=auth(tenant.viewer)).json()["data"] == body["data"]
+    )

@@ -7,7 +7,7 @@ import string
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.storage.indexing import WORD, search_text, words
+from tidings.storage.indexing import SEARCH_TEXT_LIMIT, WORD, search_text, words
 
 
 @given(st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=127)))
@@ -70,3 +70,13 @@ def test_distinct_words_keep_the_first_of_each_and_tell_case_apart() -> None:
     assert words("Walrus walrus WALRUS walrus", distinct=True) == "Walrus walrus WALRUS"
     assert words("été-été x été", distinct=True) == "été x"
     assert search_text("t", "t/1", None, "t 1", {"again": "t"}, distinct=True) == "t 1"
+
+
+def test_the_words_stop_at_the_limit_between_two_words() -> None:
+    many = " ".join(f"wörd{n}" for n in range(60_000))  # 6 or 7 bytes a word, past the limit
+    kept = words(many)
+    assert len(kept.encode()) <= SEARCH_TEXT_LIMIT
+    assert len(kept.encode()) > SEARCH_TEXT_LIMIT - 8
+    assert kept.split() == many.split()[: len(kept.split())]
+    assert words("x" * (SEARCH_TEXT_LIMIT + 5)) == ""
+    assert words("a " + "é" * SEARCH_TEXT_LIMIT) == "a"

@@ -55,23 +55,33 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     )
 
 
-# The SQLSTATE classes of PostgreSQL's errors of the moment, which the same request may not meet
-# again: a connection that failed (08), a transaction rolled back to be retried (40:
-# serialization, deadlock), resources short (53: disk, memory, connections), the server shutting
-# down or cancelling (57), a lock not available (55P03). A broken connection or the pool's
-# timeout carry none. Others of psycopg's OperationalError, such as a program limit (54), come
-# from the request or from tidings: they stay 500s.
-_TRANSIENT_CLASSES = ("08", "40", "53", "57")
-_TRANSIENT_STATES = ("55P03",)
+# PostgreSQL's errors of the moment, which the same request may not meet again: a connection
+# that failed (class 08, but a protocol violation), a transaction rolled back to be retried
+# (40: serialization, deadlock), resources short (53: disk, memory, connections), the server
+# shutting down or not yet accepting connections (57P01-57P03), a lock not available (55P03).
+# A broken connection and the pool's timeout carry no SQLSTATE. Others stay 500s: a program
+# limit (54) or a cancelled statement (57014, a statement timeout) would come back on a retry.
+_TRANSIENT_CLASSES = ("08", "40", "53")
+_TRANSIENT_STATES = ("57P01", "57P02", "57P03", "55P03")
+_NEVER_TRANSIENT = ("08P01",)
 
 
-def is_transient(sqlstate: str | None) -> bool:
-    """Whether a PostgreSQL error with `sqlstate` is one of the moment (see above)."""
-    return sqlstate is None or sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_STATES
+def is_transient(exc: Exception) -> bool:
+    """Whether a PostgreSQL error is one of the moment (see above)."""
+    from psycopg.errors import PipelineAborted
+
+    if isinstance(exc, PipelineAborted):  # an earlier statement of the pipeline failed
+        return False
+    sqlstate: str | None = getattr(exc, "sqlstate", None)
+    if sqlstate is None:
+        return True
+    if sqlstate in _NEVER_TRANSIENT:
+        return False
+    return sqlstate[:2] in _TRANSIENT_CLASSES or sqlstate in _TRANSIENT_STATES
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> Response:
-    if not is_transient(getattr(exc, "sqlstate", None)):
+    if not is_transient(exc):
         raise exc  # to the handler of 500s, which logs it
     log.warning("the database is unavailable", path=request.url.path, error=str(exc))
     response = error_response(

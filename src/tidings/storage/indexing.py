@@ -84,12 +84,25 @@ def search_text(
     return words(" ".join(parts), distinct)
 
 
+# The most an event's search text holds, in UTF-8 bytes; the words past it are not searched.
+# PostgreSQL's tsvector of a text is at most 1 MiB and takes up to 3.3 times the text's bytes
+# (distinct words of two or three characters, each with its position): 256 KiB stays below,
+# so that an event of many distinct words is stored by both backends alike.
+SEARCH_TEXT_LIMIT = 256 * 1024
+
+
 def words(text: str, distinct: bool = False) -> str:
     """The words of `text` (runs of WORD), one space apart; each once, in their first order,
-    if `distinct`. A search matches words (an `&` of prefixes, never a phrase), so an index
-    need not hold repeats (a group's path and a time often recur in an event's body)."""
+    if `distinct`; the first SEARCH_TEXT_LIMIT bytes of them, cut between two words. A search
+    matches words (an `&` of prefixes, never a phrase), so an index need not hold repeats (a
+    group's path and a time often recur in an event's body)."""
     if text.isascii():
         found: list[bytes] = text.encode().translate(_ASCII_SPACES).split()
-        return b" ".join(dict.fromkeys(found) if distinct else found).decode()
-    matched: list[str] = WORD.findall(text)
-    return " ".join(dict.fromkeys(matched) if distinct else matched)
+        joined = b" ".join(dict.fromkeys(found) if distinct else found)
+    else:
+        matched: list[str] = WORD.findall(text)
+        joined = " ".join(dict.fromkeys(matched) if distinct else matched).encode()
+    if len(joined) > SEARCH_TEXT_LIMIT:  # a space is one byte: the cut falls between words
+        head, space, _ = joined[: SEARCH_TEXT_LIMIT + 1].rpartition(b" ")
+        joined = head if space else b""  # one word longer than the limit: none is kept
+    return joined.decode()
