@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -32,16 +33,22 @@ def settings(database_url: str) -> Settings:
     )
 
 
+WORKER_NAME = "tidings_probed_worker"  # the application name of the worker's connections
+
+
 @pytest.fixture
 def worker(database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     """A `tidings worker` process on the test's database, and its probes' base URL."""
     port = free_port()
     log = tmp_path / "worker.log"
+    if database_url.startswith("postgresql"):
+        database_url += f"&application_name={WORKER_NAME}"
     with log.open("wb") as out:
         process = subprocess.Popen(
             [TIDINGS, "worker", "--metrics-port", str(port)],
             env=tidings_env(
                 TIDINGS_DATABASE_URL=database_url,
+                TIDINGS_ISSUER="http://tidings.test",
                 TIDINGS_ALLOW_PRIVATE_SINKS="true",
                 TIDINGS_DELIVERY_POLL="0.05",
             ),
@@ -60,7 +67,11 @@ def worker(database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
-            process.wait(20)
+            try:
+                process.wait(40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def _answers(url: str) -> bool:
@@ -133,6 +144,41 @@ def test_a_metrics_port_in_use_is_a_one_line_error(database_url: str) -> None:
         )
     assert done.returncode == 1, done.stderr
     message = " ".join(done.stderr.split())
-    assert message.startswith(f"error: --metrics-port {port}: "), message
+    assert message.startswith(f"error: --metrics-host 127.0.0.1 --metrics-port {port}: "), message
     assert message.endswith("address already in use"), message
     assert len(done.stderr.strip().splitlines()) <= 2  # one line, wrapped at most once
+
+
+def test_while_the_database_is_away_the_probes_answer_at_once(
+    backend: str, worker: tuple[subprocess.Popen[bytes], str], postgres_server: str
+) -> None:
+    """No connection to the database can be made: /metrics still answers with the counters
+    (the backlog gauges as they were), /readyz answers 503, each within the probe's wait (the
+    requests give up at 10 s; the pool waits 30 s for a connection); once the database is back, the worker is ready again."""
+    if backend != "postgres":
+        pytest.skip("a database that refuses connections is a PostgreSQL server's state")
+    _, url = worker
+    assert _samples(url)[("tidings_deliveries_due", ())] == 0.0
+    database = postgres_server.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+    admin = postgres_server.replace(f"/{database}", "/postgres", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (WORKER_NAME,),
+            )
+            scraped = httpx.get(f"{url}/metrics", timeout=10)
+            assert scraped.status_code == 200
+            assert "tidings_delivery_attempts" in scraped.text
+            assert "tidings_deliveries_due 0.0" in scraped.text
+            ready = httpx.get(f"{url}/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert ready.json()["error"]["code"] == "not_ready"
+        finally:
+            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from tidings.catalog import builtin_types
@@ -14,6 +16,10 @@ if TYPE_CHECKING:
     from tidings.storage.base import Storage
 
 OTHER = "other"
+# How long a probe or a scrape waits for the database, below the default scrape timeout (10 s)
+# and the pool's wait for a connection (30 s).
+PROBE_WAIT_S = 2.0
+log = structlog.get_logger("tidings.metrics")
 
 
 class Metrics:
@@ -83,7 +89,15 @@ class Metrics:
 
     async def exposition(self, storage: Storage, now_ns: int) -> bytes:
         """The metrics in the Prometheus text format, the backlog gauges read from `storage`
-        just before (every process sees the whole backlog: it lives in the database)."""
-        due, in_flight, oldest = await storage.delivery_backlog(now_ns)
-        self.backlog(due, in_flight, 0.0 if oldest is None else max(0, now_ns - oldest) / 1e9)
+        just before (every process sees the whole backlog: it lives in the database). When the
+        database does not answer within PROBE_WAIT_S, the gauges keep their last values and the
+        counters are answered all the same: they matter most during an outage."""
+        try:
+            due, in_flight, oldest = await asyncio.wait_for(
+                storage.delivery_backlog(now_ns), PROBE_WAIT_S
+            )
+        except Exception:
+            log.warning("the delivery backlog could not be read; its gauges keep their values")
+        else:
+            self.backlog(due, in_flight, 0.0 if oldest is None else max(0, now_ns - oldest) / 1e9)
         return generate_latest(self.registry)

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tidings.api.errors import error_response
 from tidings.api.state import state_of
 from tidings.errors import NOT_READY
+from tidings.metrics import PROBE_WAIT_S
 
 router = APIRouter(tags=["operations"])
 
@@ -21,7 +22,7 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=None)
 async def readyz(request: Request) -> dict[str, str] | Response:
     """The database answers and its migrations are current."""
-    if await state_of(request).storage.ready():
+    if await state_of(request).storage.ready_within(PROBE_WAIT_S):
         return {"status": "ready"}
     return error_response(503, "not_ready", NOT_READY)
 

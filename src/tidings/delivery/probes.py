@@ -10,7 +10,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tidings.errors import NOT_READY
-from tidings.metrics import Metrics
+from tidings.metrics import PROBE_WAIT_S, Metrics
 from tidings.storage.base import Storage
 
 
@@ -21,7 +21,7 @@ async def serve_probes(storage: Storage, metrics: Metrics, host: str, port: int)
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if await storage.ready():
+        if await storage.ready_within(PROBE_WAIT_S):
             return web.json_response({"status": "ready"})
         return web.json_response(
             {
@@ -42,7 +42,8 @@ async def serve_probes(storage: Storage, metrics: Metrics, host: str, port: int)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_page)
-    runner = web.AppRunner(app, access_log=None)
+    # A stopping worker waits at most a second for a probe still being answered.
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port).start()

@@ -32,7 +32,10 @@ async def run_standalone_worker(
             try:
                 probes = await serve_probes(storage, metrics, *probes_at)
             except OSError as exc:
-                raise ValueError(f"--metrics-port {probes_at[1]}: {exc.strerror}") from exc
+                host, port = probes_at
+                raise ValueError(
+                    f"--metrics-host {host} --metrics-port {port}: {exc.strerror or exc}"
+                ) from exc
         delivery = await Delivery.start(settings, storage, issuer_url, metrics)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -41,6 +44,9 @@ async def run_standalone_worker(
         log.info("worker started", issuer=issuer_url, probes=probes_at)
         await stopped.wait()
         log.info("worker stopping")
+        if probes is not None:  # first: the drain below may wait for the database
+            await probes.cleanup()
+            probes = None
         await delivery.stop()
     finally:
         if probes is not None:

@@ -49,6 +49,14 @@ class Storage(ABC):
     async def ready(self) -> bool:
         """Whether the database answers and its schema is current."""
 
+    async def ready_within(self, seconds: float) -> bool:
+        """`ready()`, or False if it does not answer within `seconds` (a probe must answer
+        before its prober gives up, whatever the pool's wait for a connection)."""
+        try:
+            return await asyncio.wait_for(self.ready(), seconds)
+        except TimeoutError:
+            return False
+
     @abstractmethod
     async def secret(self, name: str, length: int = 32) -> bytes:
         """A random secret kept in the database, made on first use (e.g. the cursor key)."""
