@@ -16,7 +16,6 @@ import warnings
 from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from tests.servers import (
     serving,
     tidings_env,
 )
+from tidings import __version__
 from tidings.catalog import builtin_types
 from tidings.cli import app
 from tidings.storage.migrations import migration_files
@@ -693,7 +693,7 @@ def test_version_names_the_release_and_each_backends_last_migration(tmp_path: Pa
     assert result.exit_code == 0, result.output
     postgres, sqlite = (migration_files(backend)[-1][0] for backend in ("postgres", "sqlite"))
     assert flat(result.output) == (
-        f"tidings {version('tidings')} (schema: PostgreSQL {postgres}, SQLite {sqlite})"
+        f"tidings {__version__} (schema: PostgreSQL {postgres}, SQLite {sqlite})"
     )
     assert not (tmp_path / "tidings.db").exists()
 

@@ -23,6 +23,7 @@ from tests.receivers import Receiver
 from tidings.api import create_app
 from tidings.api.errors import is_transient
 from tidings.config import Settings
+from tidings.storage.postgres_pool import IDLE_CHECK_S
 
 
 @pytest.fixture
@@ -91,6 +92,7 @@ def test_connections_ended_by_the_server_are_replaced_before_use(
     assert len(ended) >= 3  # the pool's connections and the worker's listener, at least
     _terminate(postgres_server, ended)
     _wait_for(lambda: not set(ended) & set(_backends(postgres_server, name)), "end of them")
+    time.sleep(IDLE_CHECK_S)  # a restart takes longer: connections idle this long are checked
 
     listed = client.get("/v1/events", headers=auth(tenant.viewer))
     assert listed.status_code == 200, listed.text

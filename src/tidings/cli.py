@@ -53,14 +53,12 @@ def _print_version(asked: bool) -> None:
     docs/deploy.md speaks of), then exit."""
     if not asked:
         return
-    from importlib.metadata import version
-
+    from tidings import __version__
     from tidings.storage.migrations import migration_files
 
     last = {backend: migration_files(backend)[-1][0] for backend in ("postgres", "sqlite")}
     out.print(
-        f"tidings {version('tidings')} (schema: PostgreSQL {last['postgres']},"
-        f" SQLite {last['sqlite']})"
+        f"tidings {__version__} (schema: PostgreSQL {last['postgres']}, SQLite {last['sqlite']})"
     )
     raise typer.Exit()
 

@@ -95,15 +95,8 @@ class PostgresStorage(Storage):
         self.url = url
         # Autocommit: `_run` makes its transactions itself, and `_run_pipelined` sends its own
         # BEGIN and COMMIT along with its statements.
-        # Each connection is checked (one empty query) as it is handed out: after a database
-        # restart or failover, the broken ones are replaced before a request meets them.
         self._pool = LastInFirstOutPool(
-            url,
-            min_size=min_size,
-            max_size=max_size,
-            open=False,
-            kwargs={"autocommit": True},
-            check=LastInFirstOutPool.check_connection,
+            url, min_size=min_size, max_size=max_size, open=False, kwargs={"autocommit": True}
         )
         self._partition_days: set[int] = set()
         self._interned = Interned()
@@ -128,8 +121,12 @@ class PostgresStorage(Storage):
     async def open(self) -> None:
         await self._check_reachable()
         await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT_S)
-        await self.migrate()
-        await self.maintain(time.time_ns())
+        try:
+            await self.migrate()
+            await self.maintain(time.time_ns())
+        except BaseException:  # the caller closes only what opened
+            await self._pool.close()
+            raise
 
     async def _check_reachable(self) -> None:
         """Make one connection before the pool opens: a database that cannot be reached fails

@@ -12,14 +12,36 @@ the pool closes when it shrinks (`max_idle`).
 
 from __future__ import annotations
 
+import time
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+# A connection handed out after being idle this long is checked first (one empty query), so
+# that those a database restart or failover broke are replaced before a request meets them. One
+# returned since is not: under load a check would cost a round trip on every request, and a
+# connection that broke within the last second fails its request with a 503 to retry.
+IDLE_CHECK_S = 1.0
+
 
 class LastInFirstOutPool(AsyncConnectionPool[AsyncConnection[Any]]):
-    """An AsyncConnectionPool whose idle connections are a stack, not a queue."""
+    """An AsyncConnectionPool whose idle connections are a stack, not a queue, and which checks
+    a connection idle for IDLE_CHECK_S before it hands it out."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        self._returned_at: WeakKeyDictionary[AsyncConnection[Any], float] = WeakKeyDictionary()
+        super().__init__(*args, check=self._check_if_idle, **kwargs)
+
+    async def _check_if_idle(self, conn: AsyncConnection[Any]) -> None:
+        returned = self._returned_at.get(conn)
+        if returned is None or time.monotonic() - returned >= IDLE_CHECK_S:
+            await self.check_connection(conn)
+
+    async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        self._returned_at[conn] = time.monotonic()
+        await super().putconn(conn)
 
     async def _get_ready_connection(self, timeout: float | None) -> AsyncConnection[Any] | None:
         if self._pool:
