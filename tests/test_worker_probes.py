@@ -3,6 +3,7 @@ and its metrics count the deliveries it made."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import time
@@ -13,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+import structlog
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,6 +22,8 @@ from tests.conftest import Tenant, auth, event
 from tests.receivers import Receiver
 from tests.servers import TIDINGS, free_port, taken_port, tidings_env
 from tidings.config import Settings
+from tidings.delivery.standalone import run_standalone_worker
+from tidings.delivery.worker import Worker
 
 
 @pytest.fixture
@@ -182,3 +186,22 @@ def test_while_the_database_is_away_the_probes_answer_at_once(
     while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+async def test_a_worker_whose_loop_dies_exits_with_1(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defect that ends the delivery loop (here: one put in its place) ends the process with
+    exit code 1 and a logged error, rather than leaving it alive and delivering nothing."""
+
+    async def broken_run(self: Worker, stop: asyncio.Event) -> None:
+        raise RuntimeError("a defect in the loop")
+
+    monkeypatch.setattr(Worker, "run", broken_run)
+    settings = Settings(database_url=database_url, issuer="http://tidings.test")
+    with structlog.testing.capture_logs() as logged:
+        code = await asyncio.wait_for(run_standalone_worker(settings), 30)
+    assert code == 1
+    [line] = [entry for entry in logged if entry["log_level"] == "error"]
+    assert line["task"] == "tidings-worker"
+    assert isinstance(line["exc_info"], RuntimeError)

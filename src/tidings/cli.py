@@ -131,7 +131,9 @@ def run_worker(
     settings = checked(Settings.from_env)
     tune_for_service()
     probes_at = None if metrics_port is None else (metrics_host, metrics_port)
-    checked(lambda: uvloop.run(run_standalone_worker(settings, probes_at)))
+    code = checked(lambda: uvloop.run(run_standalone_worker(settings, probes_at)))
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -126,10 +126,18 @@ class Delivery:
             )
         return cls(issuer, transport, worker, stop, tasks)
 
+    async def ended(self) -> asyncio.Task[None]:
+        """Wait until a background task ends of itself (each runs until `stop`, and catches
+        the failures it expects: one ending is a defect); the task that ended."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        return done.pop()
+
     async def stop(self) -> None:
         """Let in-flight sends finish, then close the transport."""
         self._stop.set()
         for task in self._tasks:
+            if task.done():  # ended of itself: its failure was the caller's to report (`ended`)
+                continue
             if task.get_name() == WAKEUPS:
                 task.cancel()  # it only listens; nothing is lost by stopping it at once
             with contextlib.suppress(asyncio.CancelledError):

@@ -19,9 +19,13 @@ log = structlog.get_logger("tidings.worker")
 
 async def run_standalone_worker(
     settings: Settings, probes_at: tuple[str, int] | None = None
-) -> None:
+) -> int:
     """Deliver from the configured database until told to stop; in-flight sends finish first.
-    With `probes_at` (host, port), answer /healthz, /readyz and /metrics there meanwhile."""
+    With `probes_at` (host, port), answer /healthz, /readyz and /metrics there meanwhile.
+
+    The exit code: 0 when stopped, 1 when a task of the worker ended of itself (a defect,
+    logged), so that the supervisor starts a new process rather than one that no longer
+    delivers lives on."""
     storage = storage_for(settings)
     await storage.open()
     probes = None
@@ -42,12 +46,28 @@ async def run_standalone_worker(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stopped.set)
         log.info("worker started", issuer=issuer_url, probes=probes_at)
-        await stopped.wait()
+        stopping = asyncio.ensure_future(stopped.wait())
+        ending = asyncio.ensure_future(delivery.ended())
+        await asyncio.wait((stopping, ending), return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if ending.done():
+            task = ending.result()
+            failure = None if task.cancelled() else task.exception()
+            log.error(
+                "a task of the worker ended of itself; stopping",
+                task=task.get_name(),
+                exc_info=failure,
+            )
+            code = 1
+        else:
+            ending.cancel()
+        stopping.cancel()
         log.info("worker stopping")
         if probes is not None:  # first: the drain below may wait for the database
             await probes.cleanup()
             probes = None
         await delivery.stop()
+        return code
     finally:
         if probes is not None:
             await probes.cleanup()
