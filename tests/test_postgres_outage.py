@@ -41,13 +41,16 @@ def served(postgres_server: str) -> Iterator[tuple[TestClient, str, str]]:
         yield client, name, url
 
 
-def _backends(server_url: str, name: str, waiting_on_a_lock: bool = False) -> list[int]:
-    """The process ids of the app's connections (those waiting on a lock only, if asked)."""
+def _backends(server_url: str, name: str, waiting_to: str | None = None) -> list[int]:
+    """The process ids of the app's connections; with `waiting_to`, only those waiting on a
+    lock in a statement that holds that text."""
     query = "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
-    if waiting_on_a_lock:
-        query += " AND wait_event_type = 'Lock'"
+    params = [name]
+    if waiting_to is not None:
+        query += " AND wait_event_type = 'Lock' AND strpos(query, %s) > 0"
+        params.append(waiting_to)
     with psycopg.connect(server_url, autocommit=True) as conn:
-        return [pid for (pid,) in conn.execute(query, (name,)).fetchall()]
+        return [pid for (pid,) in conn.execute(query, params).fetchall()]
 
 
 def _terminate(server_url: str, pids: list[int]) -> None:
@@ -119,11 +122,14 @@ def test_a_connection_that_breaks_under_a_request_is_a_503_and_stores_nothing(
             )
         )
         sender.start()
+        # The ingest's statement, not housekeeping's or the worker's, which the lock may hold
+        # up too.
         waiting = _wait_for(
-            lambda: _backends(postgres_server, name, waiting_on_a_lock=True), "ingest waiting"
+            lambda: _backends(postgres_server, name, waiting_to="WITH input AS MATERIALIZED"),
+            "ingest waiting",
         )
         _terminate(postgres_server, waiting)
-        sender.join(10)
+        sender.join(30)
         holder.rollback()
     [answer] = answers
     assert answer.status_code == 503, answer.text
