@@ -35,7 +35,7 @@ def served(postgres_server: str) -> Iterator[tuple[TestClient, str, str]]:
     settings = Settings(
         database_url=f"{url}&application_name={name}",
         allow_private_sinks=True,
-        delivery_poll_s=0.05,
+        delivery_poll_s=60,  # deliveries come by LISTEN/NOTIFY, not by a poll
     )
     with TestClient(create_app(settings)) as client:
         yield client, name, url
