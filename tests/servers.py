@@ -43,6 +43,19 @@ def free_port() -> int:
         return port
 
 
+def run_tidings(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """`tidings ARGS` run to its end in a process of its own, with `tidings_env(**env)`; its
+    output captured as text."""
+    return subprocess.run(
+        [TIDINGS, *args],
+        env=tidings_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @contextmanager
 def taken_port() -> Iterator[int]:
     """A port on 127.0.0.1 that a socket listens on until the block ends."""

@@ -10,13 +10,12 @@ partitions. `tidings retention` does the same once, against a database named by 
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import replace
 
 from tests.conftest import event
 from tests.databases import query
-from tests.servers import TIDINGS, tidings_env
+from tests.servers import run_tidings
 from tidings import groups, wire
 from tidings.config import Settings
 from tidings.model import Attempt, AttemptResult, EventInput, EventQuery, Subscription
@@ -246,13 +245,8 @@ async def test_tidings_retention_runs_it_once(backend: str, database_url: str) -
             )
     finally:
         await storage.close()
-    result = subprocess.run(
-        [TIDINGS, "retention"],
-        env=tidings_env(TIDINGS_DATABASE_URL=database_url, TIDINGS_RETENTION_DAYS="90"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = run_tidings(
+        "retention", TIDINGS_DATABASE_URL=database_url, TIDINGS_RETENTION_DAYS="90"
     )
     assert result.returncode == 0, result.stderr
     assert "expired 6 events older than 90 days" in " ".join(result.stderr.split())

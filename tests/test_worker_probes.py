@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Tenant, auth, event
 from tests.receivers import Receiver
-from tests.servers import TIDINGS, free_port, taken_port, tidings_env
+from tests.servers import TIDINGS, free_port, run_tidings, taken_port, tidings_env
 from tidings.config import Settings
 from tidings.delivery.standalone import run_standalone_worker
 from tidings.delivery.worker import Worker
@@ -138,13 +138,12 @@ def test_a_workers_probes_answer_and_its_metrics_count_its_deliveries(
 def test_a_metrics_port_in_use_is_a_one_line_error(database_url: str) -> None:
     """A port something listens on: exit code 1 and one line naming --metrics-port."""
     with taken_port() as port:
-        done = subprocess.run(
-            [TIDINGS, "worker", "--metrics-port", str(port)],
-            env=tidings_env(TIDINGS_DATABASE_URL=database_url, TIDINGS_ISSUER="https://x.test"),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+        done = run_tidings(
+            "worker",
+            "--metrics-port",
+            str(port),
+            TIDINGS_DATABASE_URL=database_url,
+            TIDINGS_ISSUER="https://x.test",
         )
     assert done.returncode == 1, done.stderr
     message = " ".join(done.stderr.split())
