@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 import structlog
+from aiohttp import web
 
 from tidings.config import Settings
 from tidings.delivery.probes import serve_probes
@@ -13,6 +15,7 @@ from tidings.issuer import stored_issuer_url
 from tidings.metrics import Metrics
 from tidings.runtime import Delivery
 from tidings.storage import storage_for
+from tidings.storage.base import Storage
 
 log = structlog.get_logger("tidings.worker")
 
@@ -25,22 +28,18 @@ async def run_standalone_worker(
 
     The exit code: 0 when stopped, 1 when a task of the worker ended of itself (a defect,
     logged), so that the supervisor starts a new process rather than one that no longer
-    delivers lives on."""
-    storage = storage_for(settings)
-    await storage.open()
-    probes = None
-    try:
+    delivers lives on. On the way out the deliveries drain, then the probes close (waiting at
+    most a second for one being answered), then the storage."""
+    async with contextlib.AsyncExitStack() as stack:
+        storage = storage_for(settings)
+        await storage.open()
+        stack.push_async_callback(storage.close)
         issuer_url = await stored_issuer_url(storage, settings.issuer)
         metrics = Metrics()
-        if probes_at is not None:
-            try:
-                probes = await serve_probes(storage, metrics, *probes_at)
-            except OSError as exc:
-                host, port = probes_at
-                raise ValueError(
-                    f"--metrics-host {host} --metrics-port {port}: {exc.strerror or exc}"
-                ) from exc
+        if probes_at is not None:  # before anything is made: a port in use stops it all
+            stack.push_async_callback((await _probes(storage, metrics, probes_at)).cleanup)
         delivery = await Delivery.start(settings, storage, issuer_url, metrics)
+        stack.push_async_callback(delivery.stop)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -49,26 +48,26 @@ async def run_standalone_worker(
         stopping = asyncio.ensure_future(stopped.wait())
         ending = asyncio.ensure_future(delivery.ended())
         await asyncio.wait((stopping, ending), return_when=asyncio.FIRST_COMPLETED)
-        code = 0
-        if ending.done():
-            task = ending.result()
-            failure = None if task.cancelled() else task.exception()
-            log.error(
-                "a task of the worker ended of itself; stopping",
-                task=task.get_name(),
-                exc_info=failure,
-            )
-            code = 1
-        else:
-            ending.cancel()
         stopping.cancel()
-        log.info("worker stopping")
-        if probes is not None:  # first: the drain below may wait for the database
-            await probes.cleanup()
-            probes = None
-        await delivery.stop()
-        return code
-    finally:
-        if probes is not None:
-            await probes.cleanup()
-        await storage.close()
+        if not ending.done():
+            ending.cancel()
+            log.info("worker stopping")
+            return 0
+        task = ending.result()
+        log.error(
+            "a task of the worker ended of itself; stopping",
+            task=task.get_name(),
+            exc_info=None if task.cancelled() else task.exception(),
+        )
+        return 1
+
+
+async def _probes(storage: Storage, metrics: Metrics, at: tuple[str, int]) -> web.AppRunner:
+    """The probes served at `at`, or ValueError naming the options when it cannot be bound."""
+    host, port = at
+    try:
+        return await serve_probes(storage, metrics, host, port)
+    except OSError as exc:
+        raise ValueError(
+            f"--metrics-host {host} --metrics-port {port}: {exc.strerror or exc}"
+        ) from exc
