@@ -109,10 +109,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TidingsError, _tidings_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    # PostgreSQL's errors of the moment, not of the request (`is_transient`): a connection that
-    # broke (a restart, a failover, an administrator's kill), no connection free within the
-    # pool's wait, a deadlock. psycopg is imported here, where the app is made, not where the
-    # CLI imports this module.
+    # PostgreSQL's errors of the moment are 503s (`is_transient`). psycopg is imported here,
+    # where the app is made, not where the CLI imports this module.
     from psycopg import OperationalError
 
     app.add_exception_handler(OperationalError, _database_unavailable)
