@@ -22,8 +22,11 @@ from tests.conftest import Tenant, auth, event
 from tests.receivers import Receiver
 from tests.servers import TIDINGS, free_port, run_tidings, taken_port, tidings_env
 from tidings.config import Settings
+from tidings.delivery.probes import serve_probes
 from tidings.delivery.standalone import run_standalone_worker
 from tidings.delivery.worker import Worker
+from tidings.metrics import Metrics
+from tidings.storage import storage_for
 
 
 @pytest.fixture
@@ -63,7 +66,7 @@ def worker(database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 20
-        while not _answers(f"{url}/healthz"):
+        while not _answers(f"{url}/readyz"):  # delivering, not only alive
             assert process.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
@@ -185,6 +188,31 @@ def test_while_the_database_is_away_the_probes_answer_at_once(
     while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline
         time.sleep(0.2)
+
+
+async def test_a_worker_is_ready_once_it_has_started(database_url: str) -> None:
+    """The probes are bound before the worker makes its key and starts delivering: until then
+    /healthz answers and /readyz answers 503 saying that the worker is starting."""
+    storage = storage_for(Settings(database_url=database_url))
+    await storage.open()
+    started = False
+    port = free_port()
+    runner = await serve_probes(storage, Metrics(), "127.0.0.1", port, lambda: started)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            assert (await http.get("/healthz")).status_code == 200
+            starting = await http.get("/readyz")
+            assert starting.status_code == 503
+            assert starting.json()["error"] == {
+                "code": "not_ready",
+                "message": "the worker is starting",
+                "details": [],
+            }
+            started = True
+            assert (await http.get("/readyz")).json() == {"status": "ready"}
+    finally:
+        await runner.cleanup()
+        await storage.close()
 
 
 async def test_a_worker_whose_loop_dies_exits_with_1(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -36,9 +37,12 @@ async def run_standalone_worker(
         stack.push_async_callback(storage.close)
         issuer_url = await stored_issuer_url(storage, settings.issuer)
         metrics = Metrics()
+        started = asyncio.Event()
         if probes_at is not None:  # before anything is made: a port in use stops it all
-            stack.push_async_callback((await _probes(storage, metrics, probes_at)).cleanup)
+            runner = await _probes(storage, metrics, probes_at, started.is_set)
+            stack.push_async_callback(runner.cleanup)
         delivery = await Delivery.start(settings, storage, issuer_url, metrics)
+        started.set()
         stack.push_async_callback(delivery.stop)
         stopped = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -62,11 +66,13 @@ async def run_standalone_worker(
         return 1
 
 
-async def _probes(storage: Storage, metrics: Metrics, at: tuple[str, int]) -> web.AppRunner:
+async def _probes(
+    storage: Storage, metrics: Metrics, at: tuple[str, int], started: Callable[[], bool]
+) -> web.AppRunner:
     """The probes served at `at`, or ValueError naming the options when it cannot be bound."""
     host, port = at
     try:
-        return await serve_probes(storage, metrics, host, port)
+        return await serve_probes(storage, metrics, host, port, started)
     except OSError as exc:
         raise ValueError(
             f"--metrics-host {host} --metrics-port {port}: {exc.strerror or exc}"
