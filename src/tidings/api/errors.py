@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import structlog
@@ -13,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from tidings.api.request_ids import HEADER, current_request_id
 from tidings.errors import TidingsError, TooManyRequests
+from tidings.storage.sqlite_engine import is_busy
 
 log = structlog.get_logger("tidings.api")
 DATABASE_RETRY_AFTER_S = 1
@@ -61,15 +63,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 # shutting down or not yet accepting connections (57P01-57P03), a lock not available (55P03).
 # A broken connection and the pool's timeout carry no SQLSTATE. Others stay 500s: a program
 # limit (54) or a cancelled statement (57014, a statement timeout) would come back on a retry.
+# SQLite's one error of the moment is a lock another process held past the busy timeout.
 _TRANSIENT_CLASSES = ("08", "40", "53")
 _TRANSIENT_STATES = ("57P01", "57P02", "57P03", "55P03")
 _NEVER_TRANSIENT = ("08P01",)
 
 
 def is_transient(exc: Exception) -> bool:
-    """Whether a PostgreSQL error is one of the moment (see above)."""
+    """Whether a database's error is one of the moment (see above)."""
     from psycopg.errors import PipelineAborted
 
+    if isinstance(exc, sqlite3.Error):
+        return is_busy(exc)
     if isinstance(exc, PipelineAborted):  # an earlier statement of the pipeline failed
         return False
     sqlstate: str | None = getattr(exc, "sqlstate", None)
@@ -87,7 +92,9 @@ async def _database_unavailable(request: Request, exc: Exception) -> Response:
     response = error_response(
         503,
         "unavailable",
-        "the database is unavailable just now (restarting, or the connection broke); retry",
+        "the database is locked by another process just now; retry"
+        if isinstance(exc, sqlite3.Error)
+        else "the database is unavailable just now (restarting, or the connection broke); retry",
     )
     response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_S)
     return response
@@ -109,11 +116,12 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(TidingsError, _tidings_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
-    # PostgreSQL's errors of the moment are 503s (`is_transient`). psycopg is imported here,
+    # The databases' errors of the moment are 503s (`is_transient`). psycopg is imported here,
     # where the app is made, not where the CLI imports this module.
     from psycopg import OperationalError
 
     app.add_exception_handler(OperationalError, _database_unavailable)
+    app.add_exception_handler(sqlite3.OperationalError, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
 

@@ -21,6 +21,12 @@ only), and the others run again together. A write is a function of the
 connection, so running it again does the same; a failing write (a 409 on a
 conflicting event, say: the rare case) costs its group one more run.
 
+The group's BEGIN IMMEDIATE takes the write lock at once when no other process holds it (the
+usual case), without waiting: the writer's busy timeout is zero. When another process does (a
+`tidings worker` of its own, a retention run from cron, a backup), the BEGIN waits for it on
+the commit thread, up to the busy timeout, while the loop goes on; past it, every write of the
+group fails with SQLite's "database is locked", which the API answers 503 (`is_busy`).
+
 Reads run on their own connections in a thread pool; WAL lets them read while
 a write is under way. Checkpoints (copying the WAL back into the database file,
 and its fsync) run on a thread of their own too: the writer's automatic
@@ -45,6 +51,13 @@ _STOP_WAIT_S = 30.0  # writes of another event loop, finishing
 _BACKSTOP_CHECKPOINT_PAGES = 16384  # 64 MiB of 4 KiB pages
 _BUSY_TIMEOUT_S = 10.0  # how long a statement waits for another connection's lock
 _WAL_RETRY_S = 0.01
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether `exc` says that another connection holds a lock this one waited for in vain
+    (SQLITE_BUSY, SQLITE_LOCKED and their extended codes): an error of the moment."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 def connect(path: str, synchronous: str = "FULL", readonly: bool = False) -> sqlite3.Connection:
@@ -152,6 +165,7 @@ class SQLiteEngine:
         """Open the writer connection (setting WAL mode) and start the checkpointer."""
         conn = connect(self.path, self.synchronous)
         conn.execute(f"PRAGMA wal_autocheckpoint = {_BACKSTOP_CHECKPOINT_PAGES}")
+        conn.execute("PRAGMA busy_timeout = 0")  # waits happen in _begin_waiting only
         self._conn = conn
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-commit")
         self._readers = ThreadPoolExecutor(
@@ -226,7 +240,11 @@ class SQLiteEngine:
                 ok, value = await loop.run_in_executor(self._committer, self._run_alone, jobs[0])
                 jobs[0].settle(ok, value)
             else:
-                for job, (ok, value) in zip(jobs, await self._commit_group(jobs), strict=True):
+                try:
+                    outcomes = await self._commit_group(jobs)
+                except Exception as exc:  # a defect: answer the callers rather than lose them
+                    outcomes = [(False, exc)] * len(jobs)
+                for job, (ok, value) in zip(jobs, outcomes, strict=True):
                     job.settle(ok, value)
             self._written.set()
 
@@ -266,6 +284,11 @@ class SQLiteEngine:
         pending = list(range(len(jobs)))
         while pending:
             try:
+                await self._begin(loop)
+            except sqlite3.Error as exc:  # locked out past the busy timeout, or the file failed
+                outcomes.update(dict.fromkeys(pending, (False, exc)))
+                break
+            try:
                 results = self._run_together([(i, jobs[i]) for i in pending])
             except _JobFailed as failed:
                 job = jobs[failed.index]
@@ -287,11 +310,29 @@ class SQLiteEngine:
         assert self._conn is not None, "the SQLite engine is not started"
         return self._conn
 
-    def _run_together(self, jobs: list[tuple[int, _Job]]) -> dict[int, tuple[bool, Any]]:
-        """Begin a transaction and run the jobs in it (uncommitted); if one fails, roll back
-        and raise _JobFailed."""
+    async def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
+        """BEGIN IMMEDIATE for a group: here, at once, when the write lock is free; else on the
+        commit thread, waiting for another process to let it go (see the module's docstring)."""
+        try:
+            self._writer().execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            await loop.run_in_executor(self._committer, self._begin_waiting)
+
+    def _begin_waiting(self) -> None:
+        """BEGIN IMMEDIATE, waiting up to the busy timeout for the write lock."""
         conn = self._writer()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(f"PRAGMA busy_timeout = {int(_BUSY_TIMEOUT_S * 1000)}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+    def _run_together(self, jobs: list[tuple[int, _Job]]) -> dict[int, tuple[bool, Any]]:
+        """Run the jobs in the transaction begun (uncommitted); if one fails, roll back and
+        raise _JobFailed."""
+        conn = self._writer()
         results: dict[int, tuple[bool, Any]] = {}
         for index, job in jobs:
             try:
@@ -308,7 +349,7 @@ class SQLiteEngine:
         """Run one job in a transaction of its own, committed."""
         conn = self._writer()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin_waiting()
             result = job.fn(conn)
             conn.execute("COMMIT")
         except Exception as exc:
