@@ -357,6 +357,27 @@ def test_secret_parts_of_a_sink_are_shown_only_to_editors(
     )
 
 
+@pytest.mark.parametrize(
+    "sink", ["http://127.0.0.1:\uff18\uff10/hook", "http://127.0.0.1:+80/hook", "http://xn--/"]
+)
+def test_a_sink_with_an_odd_port_or_host_is_refused_when_saved(
+    client: TestClient, tenant: Tenant, sink: str
+) -> None:
+    """A port of other digits than ASCII's, or a host that is not a name, is a 422 on create
+    and on update, and the subscription stays readable by every role."""
+    created = subscribe(client, tenant.owner, tenant.root, "http://127.0.0.1:9/hook")
+    spec = {"parent": tenant.root, "sink": sink}
+    refused = client.post("/v1/subscriptions", json=spec, headers=auth(tenant.owner))
+    assert refused.status_code == 422, refused.text
+    path = f"/v1/subscriptions/{created['id']}"
+    patched = client.patch(path, json={"sink": sink}, headers=auth(tenant.owner))
+    assert patched.status_code == 422, patched.text
+    assert patched.json()["error"]["message"].startswith("sink")
+    for token in (tenant.viewer, tenant.owner):
+        assert client.get(path, headers=auth(token)).status_code == 200
+        assert client.get("/v1/subscriptions", headers=auth(token)).status_code == 200
+
+
 def test_an_update_writes_only_its_own_fields(client: TestClient, tenant: Tenant) -> None:
     """A PATCH made from a stale read does not undo a change the worker made meanwhile (a disable)."""
     from dataclasses import replace

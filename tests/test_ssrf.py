@@ -119,12 +119,22 @@ async def test_public_urls_are_accepted_async(url: str) -> None:
         ("http://169.254.169.254/", "link-local"),
         ("http://100.64.0.1/", "CGNAT"),
         ("http://localhost/", "local name"),
+        ("http://xn--/", "'xn--' is not a valid host name"),
+        ("http://xn--zz.example/", "not a valid host name"),
     ],
 )
 def test_refusals_say_what_is_wrong(url: str, words: str) -> None:
     """The UnsafeSink message names the problem."""
     with pytest.raises(UnsafeSink, match=words.replace("(", r"\(").replace(")", r"\)")):
         check_sink_url(url, allow_private=False)
+
+
+@pytest.mark.parametrize("port", ["\uff18\uff10", "+80", "1_0", " 80", "80 ", "-1", "99999"])
+@pytest.mark.parametrize("allow_private", [False, True])
+def test_a_port_is_ascii_digits_only(port: str, allow_private: bool) -> None:
+    """What int() takes is not all a port: the stored sink is read again by urllib."""
+    with pytest.raises(UnsafeSink, match="sink URL is not valid"):
+        check_sink_url(f"http://example.com:{port}/hook", allow_private=allow_private)
 
 
 def test_allow_private_keeps_only_syntax_checks() -> None:

@@ -36,6 +36,7 @@ import ipaddress
 import re
 import socket
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 from aiohappyeyeballs import AddrInfoType
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -232,6 +233,10 @@ def vet_sink_url(url: str | URL, allow_private: bool) -> URL:
     try:
         parsed = url if isinstance(url, URL) else URL(url)
         port = parsed.port
+        if isinstance(url, str):
+            # yarl reads a port as int() does ("+80", "1_0", fullwidth digits); whatever later
+            # reads the stored text (urllib) takes ASCII digits only.
+            urlsplit(url).port  # noqa: B018
     except (ValueError, TypeError) as exc:
         raise UnsafeSink(f"sink URL is not valid: {exc}") from None
     if parsed.scheme not in _SCHEMES:
@@ -246,9 +251,12 @@ def vet_sink_url(url: str | URL, allow_private: bool) -> URL:
         raise UnsafeSink(f"sink URL port {port} is not valid")
     if ":" not in host and not _HOSTNAME.fullmatch(host):
         raise UnsafeSink(f"sink host {host!r} is not a valid host name")
+    try:
+        decoded = parsed.host or host
+    except UnicodeError:  # an "xn--" label that is not punycode
+        raise UnsafeSink(f"sink host {host!r} is not a valid host name") from None
     if allow_private:
         return parsed
-    decoded = parsed.host or host
     literal = _literal_addresses(decoded if ":" in host else host)
     if literal is not None:
         _judge(host, literal, resolved=False)
