@@ -301,10 +301,15 @@ def test_extension_value_must_be_a_string_or_32_bit_integer(value: Any) -> None:
         wire.parse_event(body)
 
 
-def test_storedtime_may_not_be_sent() -> None:
-    """storedtime is set by tidings; a producer may not send it."""
-    with pytest.raises(BadRequest, match="storedtime"):
-        wire.parse_event(structured(storedtime="2024-01-01T00:00:00Z"))
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("storedtime", "2024-01-01T00:00:00Z"), ("validationerror", "forged")],
+)
+def test_attributes_tidings_sets_may_not_be_sent(name: str, value: str) -> None:
+    """storedtime and the catalog's validationerror are set by tidings; a producer may not
+    send them (a forged validationerror would pass for the catalog's verdict)."""
+    with pytest.raises(BadRequest, match=f"^{name} is set by tidings and may not be sent$"):
+        wire.parse_event(structured(**{name: value}))
 
 
 def test_dataschema_must_be_non_empty() -> None:

@@ -27,10 +27,10 @@ import yaml
 from tidings import groups
 from tidings.errors import BadRequest, Unprocessable
 from tidings.model import EventInput
+from tidings.wire import VALIDATION_ERROR
 
 MODES = ("strict", "warn", "off")
 DEFAULT_MODE = "warn"
-VALIDATION_ERROR = "validationerror"
 TENANT_MODE_SETTING = "validation:"
 
 

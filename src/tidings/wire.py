@@ -25,7 +25,8 @@ DEFAULT_AUDIENCE = "customer"
 JSON = "application/json"
 # Attributes tidings sets itself and renders; a producer may not send them.
 STORED_TIME = "storedtime"
-RESERVED = frozenset({STORED_TIME, "data", "data_base64"})
+VALIDATION_ERROR = "validationerror"  # the catalog's mark on an event its schema refused
+RESERVED = frozenset({STORED_TIME, VALIDATION_ERROR, "data", "data_base64"})
 CORE = ("specversion", "id", "source", "type", "subject", "time", "datacontenttype")
 _EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 # Control characters are C0, DEL and C1 (Unicode's category Cc).
