@@ -180,6 +180,26 @@ def test_roles_are_deduplicated_in_canonical_order(client: TestClient, tenant: T
     assert response.json()["roles"] == ["viewer", "owner"]
 
 
+def test_a_subject_no_actor_may_have_is_a_400_and_one_at_the_limit_acts(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """The subject is the actor of the audit events the token causes: 1,024 bytes of UTF-8 at
+    most, as an event's actor, though 600 two-byte characters are fewer than 1,024 characters."""
+    refused = create_token(client, tenant.owner, roles=["editor"], subject="\u00e9" * 600)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == (
+        "subject is longer than 1024 bytes (in UTF-8): it is the actor of the audit events"
+        " the token causes"
+    )
+    listed = list_tokens(client, tenant.owner).json()["tokens"]
+    assert all(t["subject"] != "\u00e9" * 600 for t in listed)
+    made = create_token(client, tenant.owner, roles=["editor"], subject="\u00e9" * 512)
+    assert made.status_code == 201, made.text
+    spec = {"parent": tenant.root, "sink": "https://hooks.example/audit"}
+    subscribed = client.post("/v1/subscriptions", json=spec, headers=auth(made.json()["token"]))
+    assert subscribed.status_code == 201, subscribed.text
+
+
 def test_malformed_token_group_is_a_400(client: TestClient, tenant: Tenant) -> None:
     """A group that is not a path is refused as malformed."""
     assert create_token(client, tenant.owner, group="Team A").status_code == 400

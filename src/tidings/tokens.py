@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from tidings import groups
+from tidings import groups, wire
 from tidings.errors import BadRequest, Forbidden
 from tidings.model import ROLES, Token
 
@@ -132,7 +132,11 @@ def new_token(
     expires_ns: int | None,
     now_ns: int,
 ) -> tuple[Token, str]:
-    """A new token record and its secret (which is not stored)."""
+    """A new token record and its secret (which is not stored). The subject is the actor of
+    the audit events the token causes, and is held to an actor's rules."""
+    fault = None if not subject else wire.actor_subject_fault(subject)
+    if fault is not None:
+        raise BadRequest(f"subject {fault}: it is the actor of the audit events the token causes")
     secret = new_secret()
     token = Token(
         id=new_token_id(),

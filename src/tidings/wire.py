@@ -280,6 +280,15 @@ def _extensions(attributes: dict[str, Any]) -> dict[str, Any]:
     return extensions
 
 
+def actor_subject_fault(subject: str) -> str | None:
+    """What is wrong with a non-empty `subject` as an actor's (as a phrase), if anything."""
+    if "\x00" in subject:
+        return NUL_FAULT
+    if _too_long(subject, _ACTOR_LIMIT):
+        return f"is longer than {_ACTOR_LIMIT} bytes (in UTF-8)"
+    return None
+
+
 def _check_data(data: Any) -> None:
     if not isinstance(data, dict):
         raise BadRequest("data must be a JSON object with 'actor' and 'body'")
@@ -298,10 +307,9 @@ def _check_data(data: Any) -> None:
         )
     if not isinstance(actor.get("subject"), str) or not actor["subject"]:
         raise BadRequest("data.actor.subject is required: a non-empty string")
-    if "\x00" in actor["subject"]:
-        raise BadRequest(f"data.actor.subject {NUL_FAULT}")
-    if _too_long(actor["subject"], _ACTOR_LIMIT):
-        raise BadRequest(f"data.actor.subject is longer than {_ACTOR_LIMIT} bytes (in UTF-8)")
+    fault = actor_subject_fault(actor["subject"])
+    if fault is not None:
+        raise BadRequest(f"data.actor.subject {fault}")
     if "email" in actor and not isinstance(actor["email"], str):
         raise BadRequest("data.actor.email must be a string")
     if "ip" in actor:
