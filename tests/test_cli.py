@@ -449,12 +449,53 @@ def test_events_list_json_prints_json_lines(server: Server, tenant: Tenant) -> N
     assert json_lines(result.stdout) == emitted
 
 
-def test_events_list_follows_every_page(server: Server, tenant: Tenant) -> None:
-    """With a small --limit, list still prints every event across pages."""
-    emitted = [emit(server, tenant.owner, tenant.root, id=f"p-{i}")["id"] for i in range(5)]
-    result = run(server, "events", "list", "--json", "--limit", "2", token=tenant.viewer)
-    assert result.returncode == 0, result.stderr
-    assert [event["id"] for event in json_lines(result.stdout)] == emitted
+def test_events_list_follows_every_page_and_limit_caps_the_total(
+    server: Server, tenant: Tenant
+) -> None:
+    """Without --limit, list prints every event across pages (of 100); --limit N prints the
+    first N (pages of at most 100, the last cut), and with --order desc the newest N."""
+    batch = [
+        {
+            "specversion": "1.0",
+            "id": f"p-{i:03}",
+            "source": "https://platform.example/widgets",
+            "type": TEST_TYPE,
+            "group": tenant.root,
+            "data": {"actor": {"subject": "alice"}, "body": {}},
+        }
+        for i in range(205)
+    ]
+    stored = httpx.post(
+        f"{server.url}/v1/events",
+        json=batch,
+        headers={
+            "authorization": f"Bearer {tenant.owner}",
+            "content-type": "application/cloudevents-batch+json",
+        },
+        timeout=TIMEOUT,
+        trust_env=False,
+    )
+    assert stored.status_code == 201, stored.text
+    emitted = [event["id"] for event in batch]
+
+    def listed(*options: str) -> list[str]:
+        result = run(server, "events", "list", "--json", *options, token=tenant.viewer)
+        assert result.returncode == 0, result.stderr
+        return [event["id"] for event in json_lines(result.stdout)]
+
+    assert listed() == emitted
+    assert listed("--limit", "2") == emitted[:2]
+    assert listed("--limit", "150") == emitted[:150]
+    assert listed("--limit", "1000") == emitted
+    assert listed("--order", "desc", "--limit", "3") == emitted[::-1][:3]
+
+
+def test_follow_takes_no_limit(server: Server, tenant: Tenant) -> None:
+    result = run(server, "events", "list", "--follow", "--limit", "5", token=tenant.viewer)
+    assert result.returncode == 1
+    assert "--follow lists every event from the first on; it takes no --limit" in flat(
+        result.stderr
+    )
 
 
 def test_events_list_desc_lists_newest_first(server: Server, tenant: Tenant) -> None:

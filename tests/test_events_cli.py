@@ -416,3 +416,29 @@ def test_a_piped_table_keeps_ids_whole_without_columns(server: Server, tenant: T
     )
     assert done.returncode == 0, done.stderr
     assert long_id in done.stdout
+
+
+@pytest.mark.parametrize("columns", ["80", "132"])
+def test_a_narrow_terminal_folds_the_table_but_keeps_ids_whole(
+    server: Server, tenant: Tenant, columns: str
+) -> None:
+    """In a terminal of 80 or 132 columns the id (there to be copied into `events get`) is
+    whole on one line; the other columns fold onto more lines rather than lose their ends."""
+    event_id = "01a21b2c-0076-7eee-9abc-0123456789ab"
+    emit(server, tenant.owner, ev(tenant.team, event_id, actor="alice@example.com"))
+    done = subprocess.run(
+        [TIDINGS, "events", "list"],
+        env=tidings_env(None, TIDINGS_URL=server.url, TIDINGS_TOKEN=tenant.viewer, COLUMNS=columns),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= int(columns)
+    assert any(event_id in line for line in lines)
+    assert "…" not in done.stdout
+    assert "alice@example.com" in "".join(
+        cell.strip() for line in lines for cell in line.split("│")[4:5]
+    )

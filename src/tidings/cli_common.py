@@ -7,13 +7,14 @@ import json
 import math
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 from rich.text import Text
 
 from tidings.client import ApiError, Client
@@ -129,3 +130,12 @@ def _database_errors() -> tuple[type[Exception], ...]:
     from psycopg_pool import PoolTimeout
 
     return (sqlite3.Error, Error, PoolTimeout)
+
+
+def listing(headers: tuple[str, ...], rows: Sequence[Sequence[str]], whole: str = "id") -> Table:
+    """A table of `rows` for a terminal of any width: the `whole` column (an id, there to be
+    copied) is never cut, the others fold onto more lines rather than lose their ends."""
+    table = Table(*(Column(header, no_wrap=header == whole, overflow="fold") for header in headers))
+    for row in rows:
+        table.add_row(*row)
+    return table

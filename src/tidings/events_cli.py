@@ -20,8 +20,10 @@ from tidings.cli_common import (
     client_for,
     fail,
     finite,
+    listing,
     out,
 )
+from tidings.model import PAGE_LIMIT
 
 events_app = typer.Typer(
     help="Emit, list, show and count events through the API.", no_args_is_help=True
@@ -144,7 +146,9 @@ def list_events(
     search: SearchOption = None,
     since: SinceOption = None,
     until: UntilOption = None,
-    limit: Annotated[int, typer.Option(help="Events per page (1..100).")] = 100,
+    limit: Annotated[
+        int | None, typer.Option(help="At most this many events (all by default).", min=1)
+    ] = None,
     order: Annotated[str, typer.Option(help="asc or desc.")] = "asc",
     as_json: Annotated[bool, typer.Option("--json", help="JSON lines instead of a table.")] = False,
     follow: Annotated[bool, typer.Option("--follow", help="Keep polling for new events.")] = False,
@@ -157,8 +161,9 @@ def list_events(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """List events; all pages, or with --follow every new one as it arrives."""
-    params: dict[str, Any] = {"limit": limit, "order": order}
+    """List events: all of them (or the first --limit), or with --follow every new one as it
+    arrives. The last ten: --order desc --limit 10."""
+    params: dict[str, Any] = {"limit": min(limit or PAGE_LIMIT, PAGE_LIMIT), "order": order}
     params.update(
         _filters(
             type=type,
@@ -174,23 +179,34 @@ def list_events(
     )
     if follow and order != "asc":
         raise fail("--follow lists in ascending order")
+    if follow and limit is not None:
+        raise fail("--follow lists every event from the first on; it takes no --limit")
     client = client_for(url, token)
-    table = None if as_json or follow else Table(*COLUMNS)
+    tabled = not (as_json or follow)
+    rows: list[tuple[str, ...]] = []
 
     def show(events: list[dict[str, Any]]) -> None:
         for event in events:
-            if table is not None:
-                table.add_row(*_row(event))
+            if tabled:
+                rows.append(_row(event))
             elif as_json:
                 print(json.dumps(event), flush=True)
             else:
                 out.print("  ".join(_row(event)), highlight=False)
 
+    pages = client.pages(params)
     page: dict[str, Any] = {}
-    for page in call(lambda: list(client.pages(params))):
-        show(page["events"])
-    if table is not None:
-        out.print(table)
+    shown = 0
+    while limit is None or shown < limit:
+        following = call(lambda: next(pages, None))
+        if following is None:
+            break
+        page = following
+        events = page["events"] if limit is None else page["events"][: limit - shown]
+        show(events)
+        shown += len(events)
+    if tabled:
+        out.print(listing(COLUMNS, rows))
     while follow:
         time.sleep(interval)
         params["cursor"] = page["next_cursor"]

@@ -12,10 +12,9 @@ import time
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
-from tidings.cli_common import err, out, with_storage
+from tidings.cli_common import err, listing, out, with_storage
 from tidings.config import Settings
 from tidings.issuer import ISSUER_URL_SETTING, SAFE_ROTATION_DELAY_S, Issuer
 from tidings.model import SigningKey
@@ -62,7 +61,7 @@ def keys_list(
 
     issuer = with_storage(work)
     now = issuer.clock()
-    table = Table("kid", "state", "created", "signs from", "retires")
+    rows = []
     for key in issuer.keys:
         row = {
             "kid": key.kid,
@@ -74,11 +73,11 @@ def keys_list(
         if as_json:
             print(json.dumps(row))
         else:
-            table.add_row(*(value or "" for value in row.values()))
+            rows.append(tuple(value or "" for value in row.values()))
     if not as_json:
         url = issuer.issuer_url or "not fixed yet (set when first served)"
         err.print(f"issuer: {url}", highlight=False)
-        out.print(table)
+        out.print(listing(("kid", "state", "created", "signs from", "retires"), rows, "kid"))
 
 
 @keys_app.command("rotate")

@@ -118,6 +118,7 @@ class EventQuery:
 
 
 ROLES = ("viewer", "producer", "editor", "owner")
+PAGE_LIMIT = 100  # the most events (or subscriptions, deliveries) a page of a list holds
 
 
 def roles_mask(roles: Iterable[str]) -> int:

@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from tidings.cli_common import (
     DEFAULT_URL,
@@ -17,6 +16,7 @@ from tidings.cli_common import (
     err,
     fail,
     id_in_path,
+    listing,
     out,
 )
 
@@ -82,12 +82,11 @@ def list_subscriptions(
         for sub in found:
             print(json.dumps(sub))
         return
-    table = Table("id", "kind", "sink", "types", "state")
-    for sub in found:
-        table.add_row(
-            sub["id"], sub["kind"], sub["sink"], ", ".join(sub["types"]) or "(all)", sub["state"]
-        )
-    out.print(table)
+    rows = [
+        (sub["id"], sub["kind"], sub["sink"], ", ".join(sub["types"]) or "(all)", sub["state"])
+        for sub in found
+    ]
+    out.print(listing(("id", "kind", "sink", "types", "state"), rows))
 
 
 @subscriptions_app.command("delete")
@@ -137,19 +136,22 @@ def list_deliveries(
         for delivery in page["deliveries"]:
             print(json.dumps(delivery))
         return
-    table = Table("id", "event", "type", "status", "attempts", "last status", "last error")
+    rows = []
     for delivery in page["deliveries"]:
         last = delivery["attempts"][-1] if delivery["attempts"] else {}
-        table.add_row(
-            delivery["id"],
-            delivery["event"]["id"],
-            delivery["event"]["type"],
-            delivery["status"],
-            str(len(delivery["attempts"])),
-            str(last.get("status_code") or ""),
-            last.get("error") or "",
+        rows.append(
+            (
+                delivery["id"],
+                delivery["event"]["id"],
+                delivery["event"]["type"],
+                delivery["status"],
+                str(len(delivery["attempts"])),
+                str(last.get("status_code") or ""),
+                last.get("error") or "",
+            )
         )
-    out.print(table)
+    headers = ("id", "event", "type", "status", "attempts", "last status", "last error")
+    out.print(listing(headers, rows))
 
 
 @deliveries_app.command("retry")

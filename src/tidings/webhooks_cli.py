@@ -6,7 +6,6 @@ import json
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from tidings.cli_common import (
     DEFAULT_URL,
@@ -18,6 +17,7 @@ from tidings.cli_common import (
     fail,
     finite,
     id_in_path,
+    listing,
     out,
 )
 
@@ -72,16 +72,17 @@ def list_webhooks(
         for webhook in found:
             print(json.dumps(webhook))
         return
-    table = Table("id", "name", "group", "mapping", "rate limit")
-    for webhook in found:
-        table.add_row(
+    rows = [
+        (
             webhook["id"],
             webhook["name"],
             webhook["group"],
             webhook["mapping"]["kind"],
             f"{webhook['rate_limit']:g}/s",
         )
-    out.print(table)
+        for webhook in found
+    ]
+    out.print(listing(("id", "name", "group", "mapping", "rate limit"), rows))
 
 
 @webhooks_app.command("delete")

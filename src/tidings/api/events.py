@@ -22,7 +22,7 @@ from tidings.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from tidings.model import EventInput, EventQuery, StoredEvent, roles_mask
+from tidings.model import PAGE_LIMIT, EventInput, EventQuery, StoredEvent, roles_mask
 from tidings.storage.indexing import WORD
 from tidings.tokens import Principal
 
@@ -242,7 +242,7 @@ def search_expression(text: str) -> str:
 async def list_events(
     request: Request,
     filters: Annotated[EventFilters, Query()],
-    limit: Annotated[int, Query(ge=1, le=100, description="page size")] = 100,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT, description="page size")] = PAGE_LIMIT,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by ingest order")] = "asc",
     count: Annotated[bool, Query(description="add total_count: every matching event")] = False,

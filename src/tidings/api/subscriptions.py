@@ -21,7 +21,7 @@ from tidings.delivery.transport import HttpOutcome
 from tidings.delivery.worker import build_request
 from tidings.errors import BadRequest, NotFound, Unprocessable
 from tidings.ids import uuid7
-from tidings.model import Delivery, EventInput, StoredEvent, Subscription, roles_mask
+from tidings.model import PAGE_LIMIT, Delivery, EventInput, StoredEvent, Subscription, roles_mask
 from tidings.timestamps import from_ns
 from tidings.tokens import Principal
 
@@ -322,7 +322,7 @@ async def list_deliveries(
     request: Request,
     sub_id: str,
     status: Annotated[Literal["pending", "delivered", "failed"] | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 100,
+    limit: Annotated[int, Query(ge=1, le=PAGE_LIMIT)] = PAGE_LIMIT,
     cursor: Annotated[str | None, Query()] = None,
 ) -> dict[str, Any]:
     """A subscription's deliveries, newest first, each with its attempts."""
