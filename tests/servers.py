@@ -140,10 +140,7 @@ class Server:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> int | None:
-        """Stop gracefully (SIGTERM), killing it if it does not exit in time; its exit code.
-
-        uvicorn re-raises the SIGTERM after its graceful shutdown: the code is then -15.
-        """
+        """Stop gracefully (SIGTERM), killing it if it does not exit in time; its exit code."""
         if self.process is None:
             return None
         if self.process.poll() is None:

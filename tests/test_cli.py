@@ -31,6 +31,7 @@ from tests.servers import (
     StartServer,
     database_url,
     free_port,
+    run_tidings,
     serving,
     tidings_env,
 )
@@ -216,13 +217,44 @@ def test_serve_uses_the_configured_database(db: Path, tidings_server: StartServe
         assert client.get("/v1/events", headers={"authorization": "Bearer x"}).status_code == 401
 
 
-def test_serve_shuts_down_gracefully_on_sigterm(db: Path, tidings_server: StartServer) -> None:
-    """SIGTERM runs the application's shutdown; uvicorn then ends by that signal."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_serve_shuts_down_gracefully_on_a_signal(
+    db: Path, tidings_server: StartServer, signum: int
+) -> None:
+    """SIGTERM or SIGINT runs the application's shutdown to its end, then the process exits 0."""
     server = tidings_server(db)
-    assert server.stop() in (0, -signal.SIGTERM)
+    assert server.process is not None
+    server.process.send_signal(signum)
+    assert server.process.wait(30) == 0
     log = server.log_text()
-    assert "Application shutdown complete" in log
+    assert "the service has stopped" in log
     assert "Traceback" not in log
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"TIDINGS_KEY_ENCRYPTION_KEY": "not-a-key"},
+            "error: TIDINGS_KEY_ENCRYPTION_KEY is not a Fernet key (32 url-safe base64-encoded"
+            " bytes)",
+        ),
+        (
+            {"TIDINGS_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/tidings"},
+            "error: the database cannot be used: connection failed",
+        ),
+    ],
+)
+def test_serve_that_cannot_start_says_why_in_one_line(
+    db: Path, env: dict[str, str], message: str
+) -> None:
+    """A setting the service cannot start with, found as it starts: exit 1 and the reason,
+    not uvicorn's traceback of the failed start."""
+    settings = {"TIDINGS_DATABASE_URL": database_url(db), **env}
+    done = run_tidings("serve", "--port", str(free_port()), **settings)
+    assert done.returncode == 1, done.stderr
+    assert flat(done.stderr).startswith(message), done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # --- the API commands, against a real server -------------------------------------------------

@@ -103,7 +103,7 @@ def serve(
     settings = checked(
         lambda: Settings.from_env(public_url=default_issuer_url(host, port), run_worker=worker)
     )
-    run_server(create_app(settings), host, port)
+    checked(lambda: run_server(create_app(settings), host, port))
 
 
 @app.command("worker")

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import structlog
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
@@ -20,6 +21,8 @@ from tidings.issuer import resolve_issuer_url
 from tidings.runtime import Delivery
 from tidings.storage import storage_for
 from tidings.storage.base import Storage
+
+log = structlog.get_logger("tidings.api")
 
 CURSOR_KEY = "cursor-key"
 
@@ -54,11 +57,13 @@ def create_app(settings: Settings | None = None, storage: Storage | None = None)
                 delivery.transport,
                 delivery.worker,
             )
+            log.info("the service has started", issuer=state.issuer_url)
             yield
         finally:
             if delivery is not None:
                 await delivery.stop()
             await storage.close()
+        log.info("the service has stopped")
 
     app = FastAPI(
         title="tidings",
