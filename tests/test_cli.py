@@ -759,6 +759,23 @@ def test_a_database_that_cannot_be_opened_is_one_line_not_a_traceback(tmp_path: 
         )
 
 
+@pytest.mark.parametrize(
+    "url", ["mysql://db.internal/tidings", "postgresq://db/t", "SQLITE:///x.db"]
+)
+def test_a_database_url_of_another_scheme_is_refused_not_taken_for_a_path(
+    tmp_path: Path, url: str
+) -> None:
+    """A mistyped or foreign scheme is named; it had been opened as an SQLite file path."""
+    runner = CliRunner(env={"TIDINGS_DATABASE_URL": url, "TIDINGS_TOKEN": None})
+    result = runner.invoke(app, ["migrate"])
+    assert result.exit_code == 1, result.output
+    scheme = url.split(":", 1)[0]
+    assert flat(result.output) == (
+        f"error: TIDINGS_DATABASE_URL: tidings stores in SQLite or PostgreSQL, not {scheme!r};"
+        " give sqlite:///path or postgresql://user@host/database"
+    )
+
+
 def test_version_names_the_release_and_each_backends_last_migration(tmp_path: Path) -> None:
     """`tidings --version` says which release runs and the schema it migrates to, and opens
     no database."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from tidings.storage.base import Storage
@@ -9,11 +10,20 @@ from tidings.storage.base import Storage
 if TYPE_CHECKING:
     from tidings.config import Settings
 
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
 
 def open_storage(
     url: str, sqlite_synchronous: str = "FULL", pool_min: int = 2, pool_max: int = 16
 ) -> Storage:
-    """The storage for a database URL: `postgresql://...`, `sqlite:///path`, or a bare path."""
+    """The storage for a database URL: `postgresql://...`, `sqlite:///path`, or a bare path;
+    ValueError for a URL of another scheme (a bare path never holds "://")."""
+    scheme = _SCHEME.match(url)
+    if scheme is not None and scheme[1] not in ("postgres", "postgresql", "sqlite"):
+        raise ValueError(
+            f"TIDINGS_DATABASE_URL: tidings stores in SQLite or PostgreSQL, not {scheme[1]!r};"
+            " give sqlite:///path or postgresql://user@host/database"
+        )
     if url.startswith(("postgres://", "postgresql://")):
         from tidings.storage.postgres import PostgresStorage
 
