@@ -78,12 +78,12 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 class Listener:
     """A `tidings listen` subprocess; its stdout and stderr go to files."""
 
-    def __init__(self, tmp_path: Path, args: list[str]) -> None:
+    def __init__(self, tmp_path: Path, args: list[str], env: dict[str, str]) -> None:
         self.out, self.err = tmp_path / "listen.out", tmp_path / "listen.err"
         with self.out.open("wb") as out, self.err.open("wb") as err:
             self.process = subprocess.Popen(
                 [*listen_argv(), "--port", "0", *args],
-                env=tidings_env(),
+                env=tidings_env(**env),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
@@ -127,8 +127,8 @@ def listen(tmp_path: Path) -> Iterator[Callable[..., Listener]]:
     """A factory of started `tidings listen` processes, stopped at the end of the test."""
     started: list[Listener] = []
 
-    def start(*args: str) -> Listener:
-        listener = Listener(tmp_path, list(args))
+    def start(*args: str, **env: str) -> Listener:
+        listener = Listener(tmp_path, list(args), env)
         started.append(listener)
         return listener
 
@@ -170,6 +170,18 @@ def test_listen_prints_each_verified_delivery(
     assert "listen-1" in output
     assert group in output
     assert "alice" in output
+
+
+def test_listen_trusts_the_server_the_cli_talks_to(
+    platform: Platform, listen: Callable[..., Listener]
+) -> None:
+    """Without --issuer or TIDINGS_ISSUER, the issuer is TIDINGS_URL (the server's own URL is
+    its issuer by default): the README's `serve --port N` with TIDINGS_URL needs nothing more."""
+    group = groups.new_child(platform.root)
+    listener = listen("--group", group, TIDINGS_URL=platform.server.url)
+    assert f"deliveries from {platform.server.url} " in listener.stderr()
+    subscribe_and_emit(platform, group, listener.url + "/hook", "listen-url")
+    assert listener.wait_for(lambda: "listen-url" in listener.stdout())
 
 
 def test_listen_json_prints_json_lines(platform: Platform, listen: Callable[..., Listener]) -> None:

@@ -165,7 +165,11 @@ def listen_command(
     ],
     issuer: Annotated[
         str,
-        typer.Option(envvar="TIDINGS_ISSUER", help="The issuer URL tokens must come from."),
+        typer.Option(
+            envvar=["TIDINGS_ISSUER", "TIDINGS_URL"],
+            help="The issuer URL tokens must come from: the server's own URL unless it sets"
+            " TIDINGS_ISSUER.",
+        ),
     ] = DEFAULT_ISSUER,
     port: Annotated[
         int, typer.Option(help="Port to listen on (0: any free port).", min=0, max=65535)
