@@ -813,6 +813,7 @@ def test_webhooks_cli_create_list_delete(server: Server) -> None:
 
     code, out, err = invoke(env, "webhooks", "delete", webhook_id)
     assert code == 0, err
+    assert (out, err) == ("", f"deleted webhook {webhook_id}; its access key no longer works\n")
     assert invoke(env, "webhooks", "list", "--json")[1] == ""
     again = httpx.post(url, json=GRAFANA, headers={"x-access-key": key}, trust_env=False)
     assert again.status_code == 401

@@ -262,6 +262,7 @@ def test_delete_removes_the_subscription(tenant: Tenant, receivers: Any) -> None
     sub_id = tenant.create(receivers().url)
     ran = tenant.run("subscriptions", "delete", sub_id)
     assert ran.code == 0, ran.stderr
+    assert (ran.stdout, ran.stderr) == ("", f"deleted subscription {sub_id}\n")
     assert tenant.run("subscriptions", "list", "--json").stdout == ""
     assert tenant.api("GET", f"/v1/subscriptions/{sub_id}").status_code == 404
 
@@ -402,6 +403,7 @@ def test_deliveries_retry_requeues_a_failed_delivery(tenant: Tenant, receivers: 
     answer.failing = False
     ran = tenant.run("deliveries", "retry", failed["id"])
     assert ran.code == 0, ran.stderr
+    assert ran.stderr == f"delivery {failed['id']} is queued again\n"
     assert [r.header("Ce-Id") for r in receiver.wait_for(2)] == ["bad", "bad"]
     [retried] = tenant.settled(sub_id, 1)
     assert retried["id"] == failed["id"]

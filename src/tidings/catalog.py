@@ -350,7 +350,14 @@ class Catalog:
             where = f"event {first['index']}: " if batch else ""
             raise Unprocessable(
                 f"{where}{first['message']}: the body does not match the schema of its type"
-                + (f" (and {len(refused) - 1} more problems)" if len(refused) > 1 else ""),
+                + _more(len(refused) - 1),
                 details=refused,
             )
         return checked
+
+
+def _more(count: int) -> str:
+    """How many problems a message leaves unsaid, if any."""
+    if count == 0:
+        return ""
+    return f" (and {count} more problem{'s' if count > 1 else ''})"

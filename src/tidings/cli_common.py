@@ -29,7 +29,7 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 # No markup: what the consoles print holds stored text (actors, subjects, names, error
 # messages quoting input), which would otherwise be read as rich markup ("[/x]" fails, "[red]"
 # restyles the audit log). Styles are given as Text or `style=`.
-err = Console(stderr=True, markup=False)
+err = Console(stderr=True, markup=False, soft_wrap=True)  # lines kept whole, JSON details too
 # Piped into a file or another program, tables are not cut to 80 columns (rich's default
 # where it cannot ask the terminal): ids and times are then kept whole. COLUMNS still rules.
 PIPED_WIDTH = 240

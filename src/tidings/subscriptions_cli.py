@@ -99,6 +99,7 @@ def delete(
     client = client_for(url, token)
     path = id_in_path(subscription_id, "subscription", segments=True)
     call(lambda: client.request("DELETE", f"/v1/subscriptions/{path}"))
+    err.print(f"deleted subscription {subscription_id}")
 
 
 @subscriptions_app.command("replay")
@@ -164,3 +165,4 @@ def retry(
     client = client_for(url, token)
     path = id_in_path(delivery_id, "delivery")
     call(lambda: client.request("POST", f"/v1/deliveries/{path}/retry"))
+    err.print(f"delivery {delivery_id} is queued again")

@@ -95,3 +95,4 @@ def delete(
     client = client_for(url, token)
     path = id_in_path(webhook_id, "webhook")
     call(lambda: client.request("DELETE", f"/v1/webhooks/{path}"))
+    err.print(f"deleted webhook {webhook_id}; its access key no longer works")
