@@ -723,6 +723,27 @@ def test_out_of_range_rate_limit_is_a_400(
     assert listed(client, tenant.owner) == []
 
 
+@pytest.mark.parametrize("rate_limit", ["nan", "inf", "NaN"])
+def test_a_rate_limit_that_is_no_number_says_so(
+    client: TestClient, tenant: Tenant, rate_limit: str
+) -> None:
+    response = create(client, tenant.owner, tenant.root, rate_limit=rate_limit)
+    assert response.status_code == 400
+    assert response.json()["error"]["message"] == "rate_limit: Input should be a finite number"
+    assert listed(client, tenant.owner) == []
+
+
+def test_a_body_that_is_not_json_is_a_bad_request(client: TestClient, tenant: Tenant) -> None:
+    """Cut JSON is a 400 `bad_request`, as every other malformed request is."""
+    response = client.post(
+        "/v1/webhooks",
+        content=b'{"group": ',
+        headers={**auth(tenant.owner), "content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "bad_request"
+
+
 @pytest.mark.parametrize("default_type", [5, ["a"], "", "a b", "t" * 257])
 def test_a_generic_mapping_default_type_must_be_an_event_type(
     client: TestClient, tenant: Tenant, default_type: Any

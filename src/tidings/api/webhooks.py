@@ -33,7 +33,11 @@ class WebhookCreate(Body):
         description="'cloudevents', 'alertmanager', 'grafana', or {'kind': 'generic', 'type': '/ptr', ...}"
     )
     rate_limit: float = Field(
-        default=100.0, ge=0.01, le=10_000, description="requests per second (one per 100 s or more)"
+        default=100.0,
+        ge=0.01,
+        le=10_000,
+        allow_inf_nan=False,
+        description="requests per second (one per 100 s or more)",
     )
 
 
