@@ -114,3 +114,31 @@ async def test_the_indexed_text_holds_the_words_every_backend_searches(tmp_path:
         texts = [row[0] for row in conn.execute(f"SELECT {TEXT} FROM events e ORDER BY position")]
     for text, stored in zip(texts, events, strict=True):
         assert sorted(WORD.findall(text)) == sorted(searchable_text(stored).split())
+
+
+async def test_an_upgraded_index_keeps_its_rows_and_tells_accents_apart(tmp_path: Path) -> None:
+    """The index an older version wrote (accents folded) is copied into one that keeps them:
+    every row stays, found by its words as written, and no longer by them without accents."""
+    path = tmp_path / "upgraded.db"
+    conn = migrated_before(str(path), "0011")
+    root = groups.new_root()
+    conn.execute(
+        "INSERT INTO events (position, tenant, group_path, id, source, type, time_ns, stored_ns,"
+        " fingerprint, attributes, data) VALUES (1, ?, ?, 'old', 's', 'dev.x.v1', 0, 0, '',"
+        ' \'{}\', \'{"body": {"order": "Café crème"}}\')',
+        (root, root),
+    )
+    conn.execute("INSERT INTO events_text (rowid, text) VALUES (1, 'dev.x.v1 Café crème')")
+    conn.execute("UPDATE settings SET value = '1' WHERE name = 'search:indexed'")
+    assert conn.execute("SELECT rowid FROM events_text WHERE events_text MATCH 'cafe'").fetchall()
+    conn.close()
+    assert apply_migrations(str(path)) == ["0011_search_keeps_accents.sql"]
+    assert indexed(path) == (1, 1)
+    storage = SQLiteStorage(str(path))
+    await storage.open()
+    try:
+        for q, expected in (("café", ["old"]), ("CRÈME", ["old"]), ("cafe", [])):
+            found = await storage.list_events(EventQuery(scope=root, text=q))
+            assert [e.id for e in found] == expected, q
+    finally:
+        await storage.close()

@@ -477,6 +477,11 @@ def searchable(client: TestClient, tenant: Tenant) -> None:
         event(tenant.root, id="by-source", source="https://quokka.example/x"),
         event(
             tenant.root,
+            id="by-accent",
+            data={"actor": {"subject": "user-2"}, "body": {"order": "Café crème"}},
+        ),
+        event(
+            tenant.root,
             id="hidden",
             description="zebra for owners",
             allowedroles="owner",
@@ -498,6 +503,11 @@ def searchable(client: TestClient, tenant: Tenant) -> None:
         ("Zebra crossing", ["by-body"]),
         ("kiwi", ["by-type"]),
         ("front", ["by-subject"]),
+        ("café", ["by-accent"]),
+        ("CAFÉ CRÈME", ["by-accent"]),
+        ("caf", ["by-accent"]),
+        ("cafe", []),  # accents are kept, on both backends alike
+        ("creme", []),
         ("zebra kiwifruit", []),
         ("ebra", []),
         ("quokka", []),
