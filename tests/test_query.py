@@ -902,7 +902,9 @@ def test_get_returns_the_event(client: TestClient, tenant: Tenant) -> None:
     assert response.json() == stored
 
 
-@pytest.mark.parametrize("event_id", ["urn:uuid:1?x=1#f", "café", "100%", "order/1234", "a/b/c"])
+@pytest.mark.parametrize(
+    "event_id", ["urn:uuid:1?x=1#f", "café", "100%", "order/1234", "a/b/c", "order/payload"]
+)
 def test_get_finds_ids_with_special_characters(
     client: TestClient, tenant: Tenant, event_id: str
 ) -> None:
@@ -911,6 +913,19 @@ def test_get_finds_ids_with_special_characters(
     response = get_one(client, tenant.viewer, event_id)
     assert response.status_code == 200, response.text
     assert response.json() == stored
+
+
+def test_an_id_ending_in_payload_is_not_taken_for_the_payload_route(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """`order%2Fpayload` is the event `order/payload`; `order/payload` is the raw payload of
+    the event `order` (which came through no webhook, so it has none)."""
+    ingest(client, tenant.producer, event(tenant.root, id="order"))
+    [stored] = ingest(client, tenant.producer, event(tenant.root, id="order/payload"))
+    assert get_one(client, tenant.viewer, "order/payload").json() == stored
+    response = client.get("/v1/events/order/payload", headers=auth(tenant.viewer))
+    assert_error(response, 404, "not_found")
+    assert "no raw payload" in response.json()["error"]["message"]
 
 
 def test_get_of_an_unknown_id_is_a_404(client: TestClient, tenant: Tenant) -> None:

@@ -362,7 +362,11 @@ async def visible_event(
 
 @router.get("/{event_id}/payload", response_class=Response)
 async def get_payload(request: Request, event_id: str, source: SourceQuery = None) -> Response:
-    """The raw payload an inbound webhook received for this event."""
+    """The raw payload an inbound webhook received for this event. A path whose last slash
+    came percent-encoded (`X%2Fpayload`) names the event whose id is `X/payload` instead: the
+    router sees the path decoded."""
+    if not request.scope.get("raw_path", b"/payload").endswith(b"/payload"):
+        return await get_event(request, f"{event_id}/payload", source)
     state, event = await visible_event(request, event_id, source)
     payload = await state.storage.event_payload(event.position)
     if payload is None:
