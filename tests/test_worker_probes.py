@@ -190,6 +190,34 @@ def test_while_the_database_is_away_the_probes_answer_at_once(
         time.sleep(0.2)
 
 
+def test_a_worker_stops_at_once_while_the_database_is_away(
+    backend: str, worker: tuple[subprocess.Popen[bytes], str], postgres_server: str
+) -> None:
+    """SIGTERM while no connection can be made: the worker gives up the claim that waits for
+    one (the pool would wait 30 s, past a supervisor's patience) and exits 0 within seconds."""
+    if backend != "postgres":
+        pytest.skip("a database that refuses connections is a PostgreSQL server's state")
+    process, url = worker
+    database = postgres_server.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+    admin = postgres_server.replace(f"/{database}", "/postgres", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (WORKER_NAME,),
+            )
+            time.sleep(1)  # the worker polls every 0.05 s: a claim now waits for a connection
+            assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+            began = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(20) == 0
+            assert time.monotonic() - began < 10
+        finally:
+            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+
+
 async def test_a_worker_is_ready_once_it_has_started(database_url: str) -> None:
     """The probes are bound before the worker makes its key and starts delivering: until then
     /healthz answers and /readyz answers 503 saying that the worker is starting."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import structlog
@@ -147,7 +147,9 @@ class Worker:
             while not stop.is_set():
                 ready.clear()
                 free = room()
-                claims = await self._claim(min(self.settings.batch, free)) if free > 0 else []
+                claims = await self._claim_unless(stopping, free) if free > 0 else []
+                if claims is None:
+                    break
                 for claim in claims:
                     token = object()
                     sending.add(token)
@@ -171,6 +173,18 @@ class Worker:
             stopping.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _claim_unless(self, stopping: asyncio.Future[Any], free: int) -> list[Claim] | None:
+        """A batch of claims for `free` slots, or None if told to stop before the database
+        answered (during an outage the claim waits for a connection as long as the pool
+        does). A claim given up is no loss: one the database made meanwhile runs out with
+        its lease and falls due again."""
+        claiming = asyncio.ensure_future(self._claim(min(self.settings.batch, free)))
+        await asyncio.wait((claiming, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if claiming.done():
+            return claiming.result()
+        claiming.cancel()
+        return None
 
     async def _claim(self, limit: int) -> list[Claim]:
         if limit <= 0:
