@@ -1,4 +1,5 @@
-"""A token bucket per key, in process memory: `rate` requests a second with bursts up to `rate`."""
+"""A token bucket per key, in process memory: `rate` requests a second with bursts up to `rate`
+(and at least one: a rate below one a second admits one request every 1/rate seconds)."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ class RateLimiter:
     def admit(self, key: str, rate: float) -> float:
         """0 if the request may proceed (and is counted), else the seconds until it would."""
         now = self.clock()
-        tokens, stamp = self._buckets.get(key, (rate, now))
-        tokens = min(rate, tokens + (now - stamp) * rate)
+        burst = max(rate, 1.0)
+        tokens, stamp = self._buckets.get(key, (burst, now))
+        tokens = min(burst, tokens + (now - stamp) * rate)
         if tokens >= 1:
             if len(self._buckets) >= self.max_keys and key not in self._buckets:
                 self._buckets.clear()
