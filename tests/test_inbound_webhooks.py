@@ -19,6 +19,7 @@ from tests.databases import query
 from tests.servers import Server, database_url, serving
 from tidings import groups
 from tidings.cli import app as cli_app
+from tidings.ratelimit import RateLimiter
 
 FIRING = "dev.tidings.alertmanager.alert.firing.v1"
 RESOLVED = "dev.tidings.alertmanager.alert.resolved.v1"
@@ -625,6 +626,26 @@ def test_bad_key_is_a_401_that_stores_nothing(
     assert stored(client, tenant) == []
 
 
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [(b"not json", "header"), (b"{" * 10, "query"), (b"x" * (2 * 1024 * 1024), "header")],
+)
+def test_a_wrong_key_is_a_401_before_the_body_is_read(
+    client: TestClient, tenant: Tenant, body: bytes, where: str
+) -> None:
+    """With the key in the header or the query, a stranger learns nothing from the body's
+    faults (a 400 for bad JSON, a 413 for size): the answer is the 401."""
+    webhook = created(client, tenant)
+    response = client.post(
+        f"/v1/webhooks/{webhook['id']}/events",
+        content=body,
+        headers={"x-access-key": "tdw_nope"} if where == "header" else {},
+        params={"access_key": "tdw_nope"} if where == "query" else {},
+    )
+    assert response.status_code == 401, response.text
+    assert response.json()["error"]["code"] == "unauthenticated"
+
+
 def test_unknown_webhook_is_a_401(client: TestClient, tenant: Tenant) -> None:
     """Posting to a webhook id that does not exist is a 401, like a wrong key."""
     webhook = created(client, tenant)
@@ -873,3 +894,18 @@ def test_cli_delete_refuses_an_id_that_is_no_id(bad: str) -> None:
         {"TIDINGS_URL": "http://127.0.0.1:9", "TIDINGS_TOKEN": "tdg_x"}, "webhooks", "delete", bad
     )
     assert (code, " ".join(stderr.split())) == (1, f"error: webhook {bad!r} is not an id")
+
+
+@pytest.mark.parametrize(("rate", "every"), [(0.5, 2.0), (0.01, 100.0), (3.0, 1 / 3)])
+def test_a_rate_admits_one_request_every_one_over_rate_seconds(rate: float, every: float) -> None:
+    """Below one a second too: a bucket that holds less than one request never admitted any."""
+    now = [1_000.0]
+    limiter = RateLimiter(clock=lambda: now[0])
+    assert limiter.admit("w", rate) == 0.0
+    for _ in range(3):
+        while limiter.admit("w", rate) == 0.0:  # the rest of a burst (rates of one and more)
+            pass
+        wait = limiter.admit("w", rate)
+        assert 0 < wait <= every + 1e-9
+        now[0] += wait + 1e-9  # as a client waits: not a float rounding short
+        assert limiter.admit("w", rate) == 0.0

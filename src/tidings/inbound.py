@@ -133,7 +133,7 @@ def _alerts(webhook: Webhook, payload: Any, raw: str, system: str) -> list[Event
         or not payload["alerts"]
     ):
         raise BadRequest(
-            f"a {system} webhook payload must be an object with a non-empty 'alerts' list"
+            f"{system}'s webhook payload must be an object with a non-empty 'alerts' list"
         )
     receiver = payload.get("receiver") or system
     shared = {

@@ -12,7 +12,7 @@ from pydantic import Field
 from tidings import groups, inbound, wire
 from tidings.api.auth import authenticate
 from tidings.api.body import read_limited
-from tidings.api.state import state_of
+from tidings.api.state import AppState, state_of
 from tidings.api.storable import Body
 from tidings.errors import NotFound, TooManyRequests, Unauthenticated
 from tidings.model import Webhook
@@ -118,25 +118,9 @@ _RECEIVE_DOC: dict[str, Any] = {
 }
 
 
-@router.post(
-    "/v1/webhooks/{webhook_id}/events", openapi_extra=_RECEIVE_DOC, response_class=Response
-)
-async def receive(request: Request, webhook_id: str) -> Response:
-    """Turn an external system's payload into events, authenticated by the webhook's access key.
-
-    The key comes in `X-Access-Key`, an `access_key` query parameter, or, as Cloudforet sends
-    it, in the body: `{"webhook_id", "access_key", "data"}` (the payload is then `data`).
-    """
-    state = state_of(request)
-    raw = await read_limited(request, state.settings.max_event_bytes, "payload")
-    payload = wire.loads(raw, "payload")
-    key = request.headers.get("x-access-key") or request.query_params.get("access_key")
-    if key is None and isinstance(payload, dict) and "access_key" in payload and "data" in payload:
-        key = payload.get("access_key")
-        if payload.get("webhook_id") not in (None, webhook_id):
-            raise Unauthenticated("the body's webhook_id does not match the URL")
-        payload = payload["data"]
-        raw = wire.dumps(payload).encode()
+async def _keyed(state: AppState, webhook_id: str, key: object) -> Webhook:
+    """The webhook whose access key `key` is, or Unauthenticated (in constant time whether
+    the webhook exists or not)."""
     webhook = await state.storage.webhook(webhook_id)
     expected = webhook.key_hash if webhook is not None else hash_secret("")
     if (
@@ -145,6 +129,32 @@ async def receive(request: Request, webhook_id: str) -> Response:
         or webhook is None
     ):
         raise Unauthenticated("a valid access key for this webhook is required (X-Access-Key)")
+    return webhook
+
+
+@router.post(
+    "/v1/webhooks/{webhook_id}/events", openapi_extra=_RECEIVE_DOC, response_class=Response
+)
+async def receive(request: Request, webhook_id: str) -> Response:
+    """Turn an external system's payload into events, authenticated by the webhook's access key.
+
+    The key comes in `X-Access-Key`, an `access_key` query parameter, or, as Cloudforet sends
+    it, in the body: `{"webhook_id", "access_key", "data"}` (the payload is then `data`). A key
+    in the header or the query is checked before the body is read.
+    """
+    state = state_of(request)
+    key = request.headers.get("x-access-key") or request.query_params.get("access_key")
+    webhook = None if key is None else await _keyed(state, webhook_id, key)
+    raw = await read_limited(request, state.settings.max_event_bytes, "payload")
+    payload = wire.loads(raw, "payload")
+    if key is None and isinstance(payload, dict) and "access_key" in payload and "data" in payload:
+        key = payload.get("access_key")
+        if payload.get("webhook_id") not in (None, webhook_id):
+            raise Unauthenticated("the body's webhook_id does not match the URL")
+        payload = payload["data"]
+        raw = wire.dumps(payload).encode()
+    if webhook is None:
+        webhook = await _keyed(state, webhook_id, key)
     wait = state.rate_limiter.admit(webhook.id, webhook.rate_limit)
     if wait:
         raise TooManyRequests(
