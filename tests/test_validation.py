@@ -823,6 +823,19 @@ MALFORMED: dict[str, tuple[str, str]] = {
         "    example: {actor: {subject: s}, body: {}}\n",
         "x.v1: the example does not match the schema",
     ),
+    "misspelt-type-key": (
+        "types:\n  - type: q.v1\n    shema: {type: object, required: [a]}\n",
+        "type 'q.v1' has unknown keys ['shema']; it may hold ['description', 'example',"
+        " 'schema', 'type', 'validation']",
+    ),
+    "misspelt-file-key": (
+        "validaton: strict\ntypes: []\n",
+        "the file has unknown keys ['validaton']; it may hold ['types', 'validation']",
+    ),
+    "type-listed-twice": (
+        "types:\n  - type: q.v1\n  - type: q.v1\n    description: again\n",
+        "type 'q.v1' is listed twice",
+    ),
     "look-around-pattern": (
         "types:\n  - type: x.v1\n    schema: {type: string, pattern: 'a(?=b)'}\n",
         "x.v1: schema: pattern 'a(?=b)' is not supported",

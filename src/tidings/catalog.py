@@ -172,11 +172,31 @@ def load_catalog_file(path: str | Path) -> CatalogFile:
     if not isinstance(document, dict) or not isinstance(document.get("types", []), list):
         raise ValueError(f"the catalog file {path} must be an object with a list 'types'")
     try:
-        types = [type_from_spec(spec, "catalog") for spec in document.get("types", [])]
+        _known_keys(document, _FILE_KEYS, "the file")
+        types: dict[str, EventType] = {}
+        for spec in document.get("types", []):
+            if isinstance(spec, dict):  # type_from_spec names what else is wrong
+                _known_keys(spec, _TYPE_KEYS, f"type {spec.get('type')!r}")
+            event_type = type_from_spec(spec, "catalog")
+            if event_type.type in types:
+                raise BadRequest(f"type {event_type.type!r} is listed twice")
+            types[event_type.type] = event_type
         mode = None if document.get("validation") is None else check_mode(document["validation"])
     except (BadRequest, Unprocessable) as exc:
         raise ValueError(f"the catalog file {path}: {exc.message}") from exc
-    return CatalogFile({t.type: t for t in types}, mode)
+    return CatalogFile(types, mode)
+
+
+_FILE_KEYS = frozenset({"validation", "types"})
+_TYPE_KEYS = frozenset({"type", "description", "schema", "example", "validation"})
+
+
+def _known_keys(spec: dict[str, Any], known: frozenset[str], what: str) -> None:
+    """BadRequest naming the keys of `spec` outside `known` (a misspelt `shema` would leave a
+    type without its schema, unnoticed)."""
+    unknown = sorted(set(map(str, spec)) - known)
+    if unknown:
+        raise BadRequest(f"{what} has unknown keys {unknown}; it may hold {sorted(known)}")
 
 
 # Patterns (`pattern`, `patternProperties`) are matched by Rust's `regex` crate, which runs in
