@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -88,9 +88,12 @@ def tidings_env(database: Path | None = None, **extra: str) -> dict[str, str]:
 class Server:
     """One `tidings serve` process on `database`; `start()` it, then `stop()` or `kill()` it."""
 
-    def __init__(self, database: Path, env: Mapping[str, str] | None = None):
+    def __init__(
+        self, database: Path, env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+    ):
         self.database = database
         self.env = tidings_env(database, **dict(env or {}))
+        self.args = list(args)  # more options of `tidings serve`
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.log = database.with_name(f"{database.name}.serve.log")
@@ -115,7 +118,7 @@ class Server:
     def _launch_and_wait(self) -> bool:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [TIDINGS, "serve", "--port", str(self.port)],
+                [TIDINGS, "serve", "--port", str(self.port), *self.args],
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -186,11 +189,16 @@ def serving(database: Path, env: Mapping[str, str] | None = None) -> Iterator[Se
 
 @pytest.fixture
 def tidings_server(tmp_path: Path) -> Iterator[StartServer]:
-    """A factory: `tidings_server(database=None, env=None)` starts a server; all stop at teardown."""
+    """A factory: `tidings_server(database=None, env=None, args=())` starts a server; all
+    stop at teardown."""
     started: list[Server] = []
 
-    def start(database: Path | None = None, env: Mapping[str, str] | None = None) -> Server:
-        server = Server(database or tmp_path / "tidings.db", env)
+    def start(
+        database: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        args: Sequence[str] = (),
+    ) -> Server:
+        server = Server(database or tmp_path / "tidings.db", env, args)
         started.append(server)
         return server.start()
 

@@ -6,12 +6,14 @@ import gc
 import hashlib
 import http.server
 import json
+import os
 import queue
 import re
 import signal
 import sqlite3
 import subprocess
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import closing
@@ -229,6 +231,68 @@ def test_serve_shuts_down_gracefully_on_a_signal(
     log = server.log_text()
     assert "the service has stopped" in log
     assert "Traceback" not in log
+
+
+def _serving_children(pid: int) -> list[int]:
+    """The processes `tidings serve --processes` started, alive (by /proc's children list)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [
+        int(child)
+        for child in children
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def _wait_started(server: Server, processes: int) -> None:
+    """Until each of the server's processes has logged that it has started."""
+    deadline = time.monotonic() + TIMEOUT
+    while server.log_text().count("the service has started") < processes:
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+
+
+def test_serve_with_processes_shares_the_port_and_stops_them_all(
+    db: Path, tidings_server: StartServer
+) -> None:
+    """--processes 2: two processes answer on one port, each running the app; SIGTERM stops
+    both gracefully and the command exits 0."""
+    root = cli(db, "groups", "create", "--name", "acme").stdout.strip()
+    token = cli(db, "tokens", "create", "--group", root, "--role", "producer").stdout.strip()
+    server = tidings_server(db, args=("--processes", "2"))
+    assert server.process is not None
+    _wait_started(server, 2)
+    assert len(_serving_children(server.process.pid)) == 2
+    for index in range(20):  # each on a new connection: the kernel hands them to either
+        answer = httpx.post(
+            f"{server.url}/v1/events",
+            json={
+                "specversion": "1.0",
+                "id": f"p-{index}",
+                "source": "s",
+                "type": TEST_TYPE,
+                "group": root,
+                "data": {"actor": {"subject": "alice"}, "body": {}},
+            },
+            headers={"authorization": f"Bearer {token}"},
+            timeout=TIMEOUT,
+            trust_env=False,
+        )
+        assert answer.status_code == 201, answer.text
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(30) == 0
+    assert server.log_text().count("the service has stopped") == 2
+
+
+def test_serve_stops_when_one_of_its_processes_dies(db: Path, tidings_server: StartServer) -> None:
+    """A process that ends of itself (here: killed) stops the others, and the command exits
+    non-zero, so that the service's supervisor starts it anew rather than half of it lives on."""
+    server = tidings_server(db, args=("--processes", "2"))
+    assert server.process is not None
+    _wait_started(server, 2)
+    children = _serving_children(server.process.pid)
+    os.kill(children[0], signal.SIGKILL)
+    assert server.process.wait(30) == 1
+    assert server.log_text().count("the service has stopped") == 1
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from typing import Annotated
 
@@ -92,18 +93,61 @@ def serve(
     ] = True,
     log_format: Annotated[str, typer.Option(help="console or json.")] = "console",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    processes: Annotated[
+        int,
+        typer.Option(
+            help="Serve from this many processes sharing the port (one a core); each runs"
+            " the delivery worker too, unless --no-worker.",
+            min=1,
+            max=256,
+        ),
+    ] = 1,
 ) -> None:
     """Run the service: the HTTP API and (unless --no-worker) the delivery worker."""
     from tidings import logs
-    from tidings.api import create_app
+    from tidings.server import listening_socket, supervise
+
+    logs.configure(log_format, log_level)
+    checked(lambda: _service_settings(host, port, worker))  # its faults, said once
+    if processes == 1:
+        _serve_process(host, port, worker, log_format, log_level)
+        return
+    checked(lambda: listening_socket(host, port).close())  # taken: said once, before starting
+    args = (host, port, worker, log_format, log_level, True)
+    code = supervise(_serve_process, args, processes)
+    if code:
+        raise typer.Exit(code)
+
+
+def _service_settings(host: str, port: int, worker: bool) -> Settings:
     from tidings.issuer import default_issuer_url
+
+    return Settings.from_env(public_url=default_issuer_url(host, port), run_worker=worker)
+
+
+def _serve_process(
+    host: str,
+    port: int,
+    worker: bool,
+    log_format: str,
+    log_level: str,
+    shared: bool = False,
+) -> None:
+    """One process of `tidings serve` (`shared`: one of several on the port)."""
+    from tidings import logs
+    from tidings.api import create_app
+    from tidings.server import listening_socket
     from tidings.server import serve as run_server
 
     logs.configure(log_format, log_level)
-    settings = checked(
-        lambda: Settings.from_env(public_url=default_issuer_url(host, port), run_worker=worker)
-    )
-    checked(lambda: run_server(create_app(settings), host, port))
+    settings = checked(lambda: _service_settings(host, port, worker))
+    try:
+        sock = checked(lambda: listening_socket(host, port, shared=True)) if shared else None
+        checked(lambda: run_server(create_app(settings), host, port, sock))
+    except typer.Exit as exc:
+        if not shared:
+            raise
+        sys.exit(exc.exit_code)  # in a process of its own: its exit code, not a traceback
 
 
 @app.command("worker")
