@@ -262,6 +262,8 @@ def test_serve_with_processes_shares_the_port_and_stops_them_all(
     assert server.process is not None
     _wait_started(server, 2)
     assert len(_serving_children(server.process.pid)) == 2
+    keys = cli(db, "keys", "list", "--json").stdout.splitlines()
+    assert len(keys) == 1  # made once, before the processes started: not one a process
     for index in range(20):  # each on a new connection: the kernel hands them to either
         answer = httpx.post(
             f"{server.url}/v1/events",
@@ -293,6 +295,31 @@ def test_serve_stops_when_one_of_its_processes_dies(db: Path, tidings_server: St
     os.kill(children[0], signal.SIGKILL)
     assert server.process.wait(30) == 1
     assert server.log_text().count("the service has stopped") == 1
+
+
+def test_serve_processes_stop_when_their_supervisor_is_killed(
+    db: Path, tidings_server: StartServer
+) -> None:
+    """SIGKILL to the command leaves no process serving on: each stops gracefully, freeing the
+    port for the command started again."""
+    server = tidings_server(db, args=("--processes", "2"))
+    assert server.process is not None
+    _wait_started(server, 2)
+    children = _serving_children(server.process.pid)
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(30)
+    deadline = time.monotonic() + TIMEOUT
+    while any(Path(f"/proc/{child}").exists() for child in children):
+        assert time.monotonic() < deadline, server.log_text()
+        time.sleep(0.05)
+    assert server.log_text().count("the service has stopped") == 2
+    again = Server(db, args=("--processes", "2")).start(port=server.port)
+    try:
+        assert (
+            httpx.get(f"{again.url}/healthz", timeout=TIMEOUT, trust_env=False).status_code == 200
+        )
+    finally:
+        assert again.stop() == 0
 
 
 @pytest.mark.parametrize(

@@ -108,15 +108,33 @@ def serve(
     from tidings.server import listening_socket, supervise
 
     logs.configure(log_format, log_level)
-    checked(lambda: _service_settings(host, port, worker))  # its faults, said once
+    settings = checked(lambda: _service_settings(host, port, worker))  # its faults, said once
     if processes == 1:
         _serve_process(host, port, worker, log_format, log_level)
         return
     checked(lambda: listening_socket(host, port).close())  # taken: said once, before starting
+    checked(lambda: asyncio.run(_prepare_service(settings)))
     args = (host, port, worker, log_format, log_level, True)
     code = supervise(_serve_process, args, processes)
     if code:
         raise typer.Exit(code)
+
+
+async def _prepare_service(settings: Settings) -> None:
+    """What the processes of `serve --processes` would each do first, done once: migrate, fix
+    the issuer URL and make the first signing key (made by each at once, a new database got
+    one first key a process, and the processes published differing key sets for a while).
+    A database that cannot be used, or a key that cannot be read, is then said once."""
+    from tidings.issuer import resolve_issuer_url
+    from tidings.runtime import issuer_for
+
+    storage = storage_for(settings)
+    await storage.open()
+    try:
+        issuer_url = await resolve_issuer_url(storage, settings.issuer, settings.public_url)
+        await issuer_for(settings, storage, issuer_url, time.time_ns).ensure_key()
+    finally:
+        await storage.close()
 
 
 def _service_settings(host: str, port: int, worker: bool) -> Settings:

@@ -11,11 +11,14 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import structlog
 import uvicorn
 import uvloop
 from fastapi import FastAPI
 
 from tidings.gc_tuning import tune_for_service
+
+log = structlog.get_logger("tidings.server")
 
 
 def uvicorn_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
@@ -64,8 +67,9 @@ def supervise(target: Callable[..., None], args: tuple[Any, ...], processes: int
     """Run `target(*args)` in `processes` new processes until SIGINT or SIGTERM, which they
     are sent too, or until one ends of itself (a failed start, a crash), which stops the others.
 
-    The exit code: 0 when all stopped cleanly on a signal, else the exit code of the first to
-    end (1 if a signal ended it), so that a supervisor above restarts the whole service."""
+    The exit code: 0 when all stopped on a signal (those still starting end by it), else the
+    exit code of the first to end (1 if a signal ended it), so that a supervisor above
+    restarts the whole service. Each that ends of itself is logged."""
     context = multiprocessing.get_context("spawn")
     children = [
         context.Process(target=target, args=args, name=f"tidings-api-{number}")
@@ -88,6 +92,12 @@ def supervise(target: Callable[..., None], args: tuple[Any, ...], processes: int
         ended = multiprocessing.connection.wait([child.sentinel for child in children])
         first = next(child for child in children if child.sentinel in ended)
         if not signalled:
+            first.join()
+            log.error(
+                "a process of the service ended; stopping the others",
+                process=first.name,
+                exit_code=first.exitcode,
+            )
             for child in children:
                 if child is not first and child.exitcode is None:
                     child.terminate()
@@ -97,7 +107,8 @@ def supervise(target: Callable[..., None], args: tuple[Any, ...], processes: int
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if signalled:
-        return 0 if all(child.exitcode == 0 for child in children) else 1
+        stopped = (0, -signal.SIGTERM)
+        return 0 if all(child.exitcode in stopped for child in children) else 1
     code = first.exitcode
     return code if code is not None and code > 0 else 1
 
@@ -111,16 +122,21 @@ def serve(app: FastAPI, host: str, port: int, sock: socket.socket | None = None)
     uvicorn's: the app starts before the port is bound and stops after the last answer.
     uvicorn's own signal handling is left out: it raised the signal again as its server
     returned, which would now end the process before the app had stopped. With `sock` (see
-    `listening_socket`) it serves there instead of binding `host:port` itself."""
+    `listening_socket`) it serves there instead of binding `host:port` itself; in a process
+    `supervise` started, it also stops gracefully when that supervisor is gone (killed, say),
+    rather than live on holding the port."""
     tune_for_service()
     config = uvicorn_config(app, host, port)
     config.lifespan = "off"
     server = _Server(config)
+    parent = multiprocessing.parent_process()
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, server.handle_exit, signum, None)
+        if parent is not None:  # its sentinel turns readable when it ends
+            loop.add_reader(parent.sentinel, server.handle_exit, signal.SIGTERM, None)
         async with app.router.lifespan_context(app):
             await server.serve(sockets=None if sock is None else [sock])
 
