@@ -442,3 +442,28 @@ def test_a_narrow_terminal_folds_the_table_but_keeps_ids_whole(
     assert "alice@example.com" in "".join(
         cell.strip() for line in lines for cell in line.split("│")[4:5]
     )
+
+
+@pytest.mark.parametrize(("columns", "id_length"), [("132", 130), ("50", 36)])
+def test_an_id_too_long_to_keep_whole_folds_and_every_column_still_shows(
+    server: Server, tenant: Tenant, columns: str, id_length: int
+) -> None:
+    """Where the id cannot stand whole beside the other columns, it folds too: no column is
+    squeezed to nothing (the actor is still there, whole once its lines are joined)."""
+    event_id = ("0123456789" * 13)[:id_length]
+    emit(server, tenant.owner, ev(tenant.team, event_id, actor="alice@example.com"))
+    done = subprocess.run(
+        [TIDINGS, "events", "list", "--order", "desc", "--limit", "1"],
+        env=tidings_env(None, TIDINGS_URL=server.url, TIDINGS_TOKEN=tenant.viewer, COLUMNS=columns),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stdout.splitlines() if line.startswith("│")]
+    cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines]
+    joined = ["".join(row[i] for row in cells) for i in range(len(cells[0]))]
+    assert joined[3] == "alice@example.com"  # actor
+    assert joined[5] == event_id
+    assert all(len(cell) > 0 for cell in (joined[0], joined[1], joined[4]))  # time, type, group

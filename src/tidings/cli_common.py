@@ -132,10 +132,23 @@ def _database_errors() -> tuple[type[Exception], ...]:
     return (sqlite3.Error, Error, PoolTimeout)
 
 
+_NARROW = 3  # the fewest characters a column of a listing is folded to
+
+
 def listing(headers: tuple[str, ...], rows: Sequence[Sequence[str]], whole: str = "id") -> Table:
-    """A table of `rows` for a terminal of any width: the `whole` column (an id, there to be
-    copied) is never cut, the others fold onto more lines rather than lose their ends."""
-    table = Table(*(Column(header, no_wrap=header == whole, overflow="fold") for header in headers))
+    """A table of `rows` for `out`'s width: the `whole` column (an id, there to be copied) is
+    kept on one line when it fits beside the other columns at their narrowest; every other
+    column (and the id, when it does not fit) folds onto more lines rather than lose its end."""
+    index = headers.index(whole)
+    longest = max((len(row[index]) for row in rows), default=0)
+    # The table's outer borders take 4 characters, each other column its text and 3.
+    keep = longest <= out.width - 4 - (_NARROW + 3) * (len(headers) - 1)
+    table = Table(
+        *(
+            Column(header, no_wrap=keep and header == whole, overflow="fold", min_width=_NARROW)
+            for header in headers
+        )
+    )
     for row in rows:
         table.add_row(*row)
     return table
