@@ -584,6 +584,16 @@ def test_raw_payload_is_kept_byte_for_byte(client: TestClient, tenant: Tenant) -
     assert response.content == raw
 
 
+def test_the_payload_of_an_event_whose_id_holds_a_slash(client: TestClient, tenant: Tenant) -> None:
+    """A CloudEvent's own id may hold "/": its payload is at /v1/events/<id, encoded>/payload."""
+    webhook = created(client, tenant, "cloudevents")
+    payload = event(tenant.root, id="order/1")
+    assert receive(client, webhook["id"], payload, webhook["access_key"]).status_code == 201
+    response = client.get("/v1/events/order%2F1/payload", headers=auth(tenant.viewer))
+    assert response.status_code == 200, response.text
+    assert response.json() == payload
+
+
 def test_every_alert_event_keeps_the_whole_payload(client: TestClient, tenant: Tenant) -> None:
     """Both events of one Alertmanager notification answer the whole notification."""
     webhook = created(client, tenant, "alertmanager")

@@ -926,6 +926,9 @@ def test_an_id_ending_in_payload_is_not_taken_for_the_payload_route(
     response = client.get("/v1/events/order/payload", headers=auth(tenant.viewer))
     assert_error(response, 404, "not_found")
     assert "no raw payload" in response.json()["error"]["message"]
+    nested = client.get("/v1/events/order%2Fpayload/payload", headers=auth(tenant.viewer))
+    assert_error(nested, 404, "not_found")  # the event order/payload's: none either
+    assert "no raw payload" in nested.json()["error"]["message"]
 
 
 def test_get_of_an_unknown_id_is_a_404(client: TestClient, tenant: Tenant) -> None:

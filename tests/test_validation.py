@@ -832,6 +832,10 @@ MALFORMED: dict[str, tuple[str, str]] = {
         "validaton: strict\ntypes: []\n",
         "the file has unknown keys ['validaton']; it may hold ['types', 'validation']",
     ),
+    "type-not-a-mapping": (
+        "types: [foo.v1]\n",
+        "each of 'types' must be a mapping with 'type', got 'foo.v1'",
+    ),
     "type-listed-twice": (
         "types:\n  - type: q.v1\n  - type: q.v1\n    description: again\n",
         "type 'q.v1' is listed twice",

@@ -175,8 +175,9 @@ def load_catalog_file(path: str | Path) -> CatalogFile:
         _known_keys(document, _FILE_KEYS, "the file")
         types: dict[str, EventType] = {}
         for spec in document.get("types", []):
-            if isinstance(spec, dict):  # type_from_spec names what else is wrong
-                _known_keys(spec, _TYPE_KEYS, f"type {spec.get('type')!r}")
+            if not isinstance(spec, dict):
+                raise BadRequest(f"each of 'types' must be a mapping with 'type', got {spec!r}")
+            _known_keys(spec, _TYPE_KEYS, f"type {spec.get('type')!r}")
             event_type = type_from_spec(spec, "catalog")
             if event_type.type in types:
                 raise BadRequest(f"type {event_type.type!r} is listed twice")

@@ -360,22 +360,31 @@ async def visible_event(
     return state, found[0]
 
 
+_PAYLOAD = "/payload"
+
+
 @router.get("/{event_id}/payload", response_class=Response)
 async def get_payload(request: Request, event_id: str, source: SourceQuery = None) -> Response:
-    """The raw payload an inbound webhook received for this event. A path whose last slash
-    came percent-encoded (`X%2Fpayload`) names the event whose id is `X/payload` instead: the
-    router sees the path decoded."""
-    if not request.scope.get("raw_path", b"/payload").endswith(b"/payload"):
-        return await get_event(request, f"{event_id}/payload", source)
-    state, event = await visible_event(request, event_id, source)
-    payload = await state.storage.event_payload(event.position)
-    if payload is None:
-        raise NotFound("this event did not come through an inbound webhook; it has no raw payload")
-    return Response(payload, headers=_JSON_HEADERS)
+    """The raw payload an inbound webhook received for this event (`event_id` percent-encoded,
+    as every id in a path)."""
+    return await get_event(request, event_id + _PAYLOAD, source)
 
 
 @router.get("/{event_id:path}", response_class=Response)
 async def get_event(request: Request, event_id: str, source: SourceQuery = None) -> Response:
-    """One visible event by its CloudEvents id."""
+    """One visible event by its CloudEvents id, or its raw payload.
+
+    The router sees the path decoded, so the path itself tells the two apart: it ends with a
+    literal `/payload` for the payload of the event named before it (an id holding "/" too),
+    and with `%2Fpayload` for the event whose id ends with "/payload"."""
+    raw_path: bytes | None = request.scope.get("raw_path")
+    if event_id.endswith(_PAYLOAD) and (raw_path is None or raw_path.endswith(_PAYLOAD.encode())):
+        state, event = await visible_event(request, event_id.removesuffix(_PAYLOAD), source)
+        payload = await state.storage.event_payload(event.position)
+        if payload is None:
+            raise NotFound(
+                "this event did not come through an inbound webhook; it has no raw payload"
+            )
+        return Response(payload, headers=_JSON_HEADERS)
     _, event = await visible_event(request, event_id, source)
     return Response(event.to_json(), headers=_JSON_HEADERS)
