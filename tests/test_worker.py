@@ -679,3 +679,37 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> Non
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")
         await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize(("claim_takes", "delivered"), [(0.3, True), (60.0, False)])
+async def test_a_claim_under_way_when_told_to_stop(
+    rig: Rig,
+    receivers: Receivers,
+    monkeypatch: pytest.MonkeyPatch,
+    claim_takes: float,
+    delivered: bool,
+) -> None:
+    """A claim that answers within the grace (a lock held a moment) is delivered though the
+    worker stops; one that does not (a connection awaited through an outage) is given up, and
+    the worker stops without waiting for it."""
+    receiver = receivers()
+    root = groups.new_root()
+    await rig.subscribe(receiver.url, root)
+    await rig.publish(root, "e-1")
+    claim = rig.storage.claim_deliveries
+    claiming = asyncio.Event()
+
+    async def slow_claim(*args: Any) -> Any:
+        claiming.set()
+        await asyncio.sleep(claim_takes)
+        return await claim(*args)
+
+    monkeypatch.setattr(rig.storage, "claim_deliveries", slow_claim)
+    stop = asyncio.Event()
+    run = asyncio.create_task(rig.worker(poll_interval_s=0.02).run(stop))
+    await asyncio.wait_for(claiming.wait(), 5)
+    stop.set()
+    began = time.monotonic()
+    await asyncio.wait_for(run, 10)
+    assert time.monotonic() - began < 5
+    assert len(receiver.received()) == (1 if delivered else 0)

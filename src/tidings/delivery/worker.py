@@ -34,6 +34,10 @@ T = TypeVar("T")
 NS = 1_000_000_000
 _BUSY_NS = NS  # how long a delivery to a busy sink waits before it is claimed again
 DAY_NS = 86_400 * NS
+# How long a worker told to stop still waits for a claim under way: one that waits for a lock
+# (SQLite's, held by another process a moment) is taken and delivered; one that waits for a
+# connection during an outage is given up.
+CLAIM_GRACE_S = 2.0
 # Requests built for unsigned webhooks, kept so that the deliveries of one event to
 # several subscriptions (claimed together) build its headers once.
 _REQUEST_CACHE = 512
@@ -175,12 +179,15 @@ class Worker:
                 await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _claim_unless(self, stopping: asyncio.Future[Any], free: int) -> list[Claim] | None:
-        """A batch of claims for `free` slots, or None if told to stop before the database
-        answered (during an outage the claim waits for a connection as long as the pool
-        does). A claim given up is no loss: one the database made meanwhile runs out with
-        its lease and falls due again."""
+        """A batch of claims for `free` slots (delivered though the worker stops), or None if
+        told to stop and the database has not answered within CLAIM_GRACE_S more: during an
+        outage a claim waits for a connection as long as the pool does (30 s). A claim given
+        up is no loss: one the database made meanwhile runs out with its lease and falls due
+        again."""
         claiming = asyncio.ensure_future(self._claim(min(self.settings.batch, free)))
         await asyncio.wait((claiming, stopping), return_when=asyncio.FIRST_COMPLETED)
+        if not claiming.done():
+            await asyncio.wait((claiming,), timeout=CLAIM_GRACE_S)
         if claiming.done():
             return claiming.result()
         claiming.cancel()
