@@ -203,3 +203,29 @@ def test_the_switch_to_wal_gives_up_after_the_busy_timeout_and_on_other_errors(
     with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
         sqlite_engine._enter_wal(broken)  # type: ignore[arg-type]
     assert broken.tries == 1
+
+
+def test_a_wait_for_the_lock_cut_short_leaves_no_transaction_behind(
+    engine: SQLiteEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A loop that ends while its write waits for another process's lock: the commit thread
+    still takes the lock when it is let go, and lets it go again, so that the next loop's
+    writes (and other processes) are not locked out for good."""
+    monkeypatch.setattr(sqlite_engine, "_BUSY_TIMEOUT_S", 5.0)
+    other = sqlite3.connect(tmp_path / "engine.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def cut_short() -> None:
+        asyncio.ensure_future(engine.write(_insert("never")))
+        await asyncio.sleep(0.3)  # the write waits on the commit thread; the loop then ends
+
+    asyncio.run(cut_short())
+    other.execute("ROLLBACK")
+    other.close()
+
+    async def later() -> str:
+        return await asyncio.wait_for(engine.write(_insert("later")), 5)
+
+    assert asyncio.run(later()) == "later"
+    assert _names(engine) == ["later"]
+    asyncio.run(engine.stop())

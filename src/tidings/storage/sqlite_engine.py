@@ -318,7 +318,11 @@ class SQLiteEngine:
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
-            await loop.run_in_executor(self._committer, self._begin_waiting)
+            try:
+                await loop.run_in_executor(self._committer, self._begin_waiting)
+            except asyncio.CancelledError:  # the thread may still take the lock: let it go
+                self._committer.submit(self._rollback)  # next on that one thread
+                raise
 
     def _begin_waiting(self) -> None:
         """BEGIN IMMEDIATE, waiting up to the busy timeout for the write lock."""
