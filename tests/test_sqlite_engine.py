@@ -216,8 +216,9 @@ def test_a_wait_for_the_lock_cut_short_leaves_no_transaction_behind(
     other.execute("BEGIN IMMEDIATE")
 
     async def cut_short() -> None:
-        asyncio.ensure_future(engine.write(_insert("never")))
+        writing = asyncio.ensure_future(engine.write(_insert("never")))
         await asyncio.sleep(0.3)  # the write waits on the commit thread; the loop then ends
+        assert not writing.done()
 
     asyncio.run(cut_short())
     other.execute("ROLLBACK")
