@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import auth, make_token
 from tidings import groups, wire
@@ -581,3 +584,23 @@ def test_data_nested_deeper_than_json_is_written_is_refused() -> None:
     assert wire.parse_event(structured(data=data_of_depth(254))).data_json.count("[") == 252
     with pytest.raises(BadRequest, match="more than 254 deep"):
         wire.parse_event(structured(data=data_of_depth(255)))
+
+
+@settings(max_examples=500)
+@given(value=st.text(min_size=1, max_size=40), name=st.sampled_from(["id", "source", "subject"]))
+def test_an_attribute_is_refused_exactly_for_whitespace_or_control_characters(
+    value: str, name: str
+) -> None:
+    """The checks of id, source, type and subject (a fast path for printable ASCII) refuse a
+    value exactly when it holds a control character, or whitespace outside a subject."""
+    allowed = (
+        re.search(r"[\x00-\x1f\x7f-\x9f]", value) is None
+        if name == "subject"
+        else re.fullmatch(r"[^\s\x00-\x1f\x7f-\x9f]+", value) is not None
+    )
+    try:
+        wire.check_attribute(name, value)
+    except BadRequest:
+        assert not allowed
+    else:
+        assert allowed

@@ -157,16 +157,19 @@ def _text(attributes: dict[str, Any], name: str, required: bool) -> str | None:
 def check_attribute(name: str, value: Any, what: str | None = None) -> str:
     """`value` if it is a valid `name` attribute (id, source, type or subject), else
     BadRequest naming `what` (by default `name`)."""
-    what = what or name
     if not isinstance(value, str) or not value:
-        raise BadRequest(f"{what} must be a non-empty string")
+        raise BadRequest(f"{what or name} must be a non-empty string")
     if _too_long(value, _LIMITS[name]):
-        raise BadRequest(f"{what} is longer than {_LIMITS[name]} bytes (in UTF-8)")
+        raise BadRequest(f"{what or name} is longer than {_LIMITS[name]} bytes (in UTF-8)")
+    if value.isascii() and value.isprintable():  # the usual case, in C: no control character
+        if name == "subject" or " " not in value:
+            return value
+        raise BadRequest(f"{what or name} must not contain whitespace or control characters")
     if name == "subject":
         if _CONTROL.search(value):
-            raise BadRequest(f"{what} must not contain control characters")
+            raise BadRequest(f"{what or name} must not contain control characters")
     elif _NO_SPACE.fullmatch(value) is None:
-        raise BadRequest(f"{what} must not contain whitespace or control characters")
+        raise BadRequest(f"{what or name} must not contain whitespace or control characters")
     return value
 
 
@@ -292,7 +295,7 @@ def actor_subject_fault(subject: str) -> str | None:
 def _check_data(data: Any) -> None:
     if not isinstance(data, dict):
         raise BadRequest("data must be a JSON object with 'actor' and 'body'")
-    unknown = sorted(set(data) - _DATA_KEYS)
+    unknown = [] if data.keys() <= _DATA_KEYS else sorted(set(data) - _DATA_KEYS)
     if unknown:
         raise BadRequest(
             f"data has unknown keys {unknown}; it holds only 'actor', 'body' and 'previous'"
@@ -300,7 +303,7 @@ def _check_data(data: Any) -> None:
     actor = data.get("actor")
     if not isinstance(actor, dict):
         raise BadRequest("data.actor is required: an object with a 'subject'")
-    unknown = sorted(set(actor) - _ACTOR_KEYS)
+    unknown = [] if actor.keys() <= _ACTOR_KEYS else sorted(set(actor) - _ACTOR_KEYS)
     if unknown:
         raise BadRequest(
             f"data.actor has unknown keys {unknown}; it holds 'subject', 'email', 'ip'"
