@@ -36,6 +36,7 @@ checkpoint is only a backstop for a WAL that grows past 64 MiB.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 import threading
 import time
@@ -160,6 +161,7 @@ class SQLiteEngine:
         self._written = threading.Event()  # set after a commit, for the checkpointer
         self._stopping = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._letting_go: concurrent.futures.Future[None] | None = None
 
     def start(self) -> None:
         """Open the writer connection (setting WAL mode) and start the checkpointer."""
@@ -313,6 +315,9 @@ class SQLiteEngine:
     async def _begin(self, loop: asyncio.AbstractEventLoop) -> None:
         """BEGIN IMMEDIATE for a group: here, at once, when the write lock is free; else on the
         commit thread, waiting for another process to let it go (see the module's docstring)."""
+        if self._letting_go is not None:  # a wait cut short: its transaction is being let go
+            await asyncio.wrap_future(self._letting_go)
+            self._letting_go = None
         try:
             self._writer().execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -321,7 +326,7 @@ class SQLiteEngine:
             try:
                 await loop.run_in_executor(self._committer, self._begin_waiting)
             except asyncio.CancelledError:  # the thread may still take the lock: let it go
-                self._committer.submit(self._rollback)  # next on that one thread
+                self._letting_go = self._committer.submit(self._rollback)  # next on that thread
                 raise
 
     def _begin_waiting(self) -> None:
