@@ -208,3 +208,18 @@ def tidings_server(tmp_path: Path) -> Iterator[StartServer]:
             server.stop()
         finally:
             server.kill()
+
+
+def post_batch(server: Server, token: str, events: Sequence[Mapping[str, object]]) -> None:
+    """Ingest `events` as one batch straight through the API (setup, not under test)."""
+    response = httpx.post(
+        f"{server.url}/v1/events",
+        json=list(events),
+        headers={
+            "authorization": f"Bearer {token}",
+            "content-type": "application/cloudevents-batch+json",
+        },
+        timeout=30,
+        trust_env=False,
+    )
+    assert response.status_code == 201, response.text

@@ -33,6 +33,7 @@ from tests.servers import (
     StartServer,
     database_url,
     free_port,
+    post_batch,
     run_tidings,
     serving,
     tidings_env,
@@ -588,17 +589,7 @@ def test_events_list_follows_every_page_and_limit_caps_the_total(
         }
         for i in range(205)
     ]
-    stored = httpx.post(
-        f"{server.url}/v1/events",
-        json=batch,
-        headers={
-            "authorization": f"Bearer {tenant.owner}",
-            "content-type": "application/cloudevents-batch+json",
-        },
-        timeout=TIMEOUT,
-        trust_env=False,
-    )
-    assert stored.status_code == 201, stored.text
+    post_batch(server, tenant.owner, batch)
     emitted = [event["id"] for event in batch]
 
     def listed(*options: str) -> list[str]:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tests.servers import TIDINGS, Server, database_url, serving, tidings_env
+from tests.servers import TIDINGS, Server, database_url, post_batch, serving, tidings_env
 from tidings.cli import app
 
 TIMEOUT = 30
@@ -59,11 +59,12 @@ def run(server: Server, token: str, *args: str) -> Ran:
     return ran
 
 
-def run_process(server: Server, token: str, *args: str) -> Ran:
-    """The installed `tidings ARGS` as a process against the server."""
+def run_process(server: Server, token: str, *args: str, **env: str) -> Ran:
+    """The installed `tidings ARGS` as a process against the server (`env`: more variables,
+    such as COLUMNS, the width of its terminal)."""
     done = subprocess.run(
         [TIDINGS, *args],
-        env=tidings_env(None, TIDINGS_URL=server.url, TIDINGS_TOKEN=token),
+        env=tidings_env(None, TIDINGS_URL=server.url, TIDINGS_TOKEN=token, **env),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -112,17 +113,7 @@ def tenant(server: Server) -> Tenant:
 
 def emit(server: Server, token: str, *events: dict[str, Any]) -> None:
     """Ingest events straight through the API (setup, not under test)."""
-    response = httpx.post(
-        f"{server.url}/v1/events",
-        content=json.dumps(list(events)).encode(),
-        headers={
-            "authorization": f"Bearer {token}",
-            "content-type": "application/cloudevents-batch+json",
-        },
-        timeout=TIMEOUT,
-        trust_env=False,
-    )
-    assert response.status_code == 201, response.text
+    post_batch(server, token, events)
 
 
 def ev(group: str, event_id: str, **attributes: Any) -> dict[str, Any]:
@@ -426,14 +417,7 @@ def test_a_narrow_terminal_folds_the_table_but_keeps_ids_whole(
     whole on one line; the other columns fold onto more lines rather than lose their ends."""
     event_id = "01a21b2c-0076-7eee-9abc-0123456789ab"
     emit(server, tenant.owner, ev(tenant.team, event_id, actor="alice@example.com"))
-    done = subprocess.run(
-        [TIDINGS, "events", "list"],
-        env=tidings_env(None, TIDINGS_URL=server.url, TIDINGS_TOKEN=tenant.viewer, COLUMNS=columns),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    done = run_process(server, tenant.viewer, "events", "list", COLUMNS=columns)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert max(len(line) for line in lines) <= int(columns)
@@ -452,14 +436,8 @@ def test_an_id_too_long_to_keep_whole_folds_and_every_column_still_shows(
     squeezed to nothing (the actor is still there, whole once its lines are joined)."""
     event_id = ("0123456789" * 13)[:id_length]
     emit(server, tenant.owner, ev(tenant.team, event_id, actor="alice@example.com"))
-    done = subprocess.run(
-        [TIDINGS, "events", "list", "--order", "desc", "--limit", "1"],
-        env=tidings_env(None, TIDINGS_URL=server.url, TIDINGS_TOKEN=tenant.viewer, COLUMNS=columns),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    args = ("events", "list", "--order", "desc", "--limit", "1")
+    done = run_process(server, tenant.viewer, *args, COLUMNS=columns)
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("│")]
     cells = [[cell.strip() for cell in line.split("│")[1:-1]] for line in lines]

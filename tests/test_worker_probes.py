@@ -4,6 +4,7 @@ and its metrics count the deliveries it made."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -79,6 +80,25 @@ def worker(database_url: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def _database_away(server_url: str) -> Iterator[None]:
+    """The worker's database refuses connections, and the worker's own are ended, until the
+    block ends."""
+    database = server_url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+    admin = server_url.replace(f"/{database}", "/postgres", 1)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
+        try:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                (WORKER_NAME,),
+            )
+            yield
+        finally:
+            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
 
 
 def _answers(url: str) -> bool:
@@ -165,25 +185,14 @@ def test_while_the_database_is_away_the_probes_answer_at_once(
         pytest.skip("a database that refuses connections is a PostgreSQL server's state")
     _, url = worker
     assert _samples(url)[("tidings_deliveries_due", ())] == 0.0
-    database = postgres_server.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
-    admin = postgres_server.replace(f"/{database}", "/postgres", 1)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        try:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s",
-                (WORKER_NAME,),
-            )
-            scraped = httpx.get(f"{url}/metrics", timeout=10)
-            assert scraped.status_code == 200
-            assert "tidings_delivery_attempts" in scraped.text
-            assert "tidings_deliveries_due 0.0" in scraped.text
-            ready = httpx.get(f"{url}/readyz", timeout=10)
-            assert ready.status_code == 503
-            assert ready.json()["error"]["code"] == "not_ready"
-        finally:
-            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    with _database_away(postgres_server):
+        scraped = httpx.get(f"{url}/metrics", timeout=10)
+        assert scraped.status_code == 200
+        assert "tidings_delivery_attempts" in scraped.text
+        assert "tidings_deliveries_due 0.0" in scraped.text
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json()["error"]["code"] == "not_ready"
     deadline = time.monotonic() + 20
     while httpx.get(f"{url}/readyz", timeout=10).status_code != 200:
         assert time.monotonic() < deadline
@@ -198,24 +207,13 @@ def test_a_worker_stops_at_once_while_the_database_is_away(
     if backend != "postgres":
         pytest.skip("a database that refuses connections is a PostgreSQL server's state")
     process, url = worker
-    database = postgres_server.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
-    admin = postgres_server.replace(f"/{database}", "/postgres", 1)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false')
-        try:
-            conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE application_name = %s",
-                (WORKER_NAME,),
-            )
-            time.sleep(1)  # the worker polls every 0.05 s: a claim now waits for a connection
-            assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
-            began = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(20) == 0
-            assert time.monotonic() - began < 10
-        finally:
-            conn.execute(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true')
+    with _database_away(postgres_server):
+        time.sleep(1)  # the worker polls every 0.05 s: a claim now waits for a connection
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 503
+        began = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+        assert time.monotonic() - began < 10
 
 
 async def test_a_worker_is_ready_once_it_has_started(database_url: str) -> None:
