@@ -107,11 +107,11 @@ def serve(
     from tidings import logs
     from tidings.server import listening_socket, supervise
 
-    logs.configure(log_format, log_level)
-    settings = checked(lambda: _service_settings(host, port, worker))  # its faults, said once
     if processes == 1:
         _serve_process(host, port, worker, log_format, log_level)
         return
+    logs.configure(log_format, log_level)
+    settings = checked(lambda: _service_settings(host, port, worker))  # its faults, said once
     checked(lambda: listening_socket(host, port).close())  # taken: said once, before starting
     checked(lambda: asyncio.run(_prepare_service(settings)))
     args = (host, port, worker, log_format, log_level, True)

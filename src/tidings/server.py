@@ -77,11 +77,14 @@ def supervise(target: Callable[..., None], args: tuple[Any, ...], processes: int
     ]
     signalled: list[int] = []
 
-    def stop(signum: int, frame: object) -> None:
-        signalled.append(signum)
+    def terminate() -> None:
         for child in children:
             if child.pid is not None and child.exitcode is None:
                 child.terminate()  # SIGTERM: a graceful stop, even when told twice
+
+    def stop(signum: int, frame: object) -> None:
+        signalled.append(signum)
+        terminate()
 
     previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -98,9 +101,7 @@ def supervise(target: Callable[..., None], args: tuple[Any, ...], processes: int
                 process=first.name,
                 exit_code=first.exitcode,
             )
-            for child in children:
-                if child is not first and child.exitcode is None:
-                    child.terminate()
+            terminate()
         for child in children:
             child.join()
     finally:
