@@ -482,6 +482,12 @@ def searchable(client: TestClient, tenant: Tenant) -> None:
         ),
         event(
             tenant.root,
+            id="by-nul",
+            description="before\x00numbat after",
+            data={"actor": {"subject": "user-3"}, "body": {"note": "start\x00wombat end"}},
+        ),
+        event(
+            tenant.root,
             id="hidden",
             description="zebra for owners",
             allowedroles="owner",
@@ -503,6 +509,9 @@ def searchable(client: TestClient, tenant: Tenant) -> None:
         ("Zebra crossing", ["by-body"]),
         ("kiwi", ["by-type"]),
         ("front", ["by-subject"]),
+        ("wombat", ["by-nul"]),  # the words after a NUL are searched too
+        ("numbat", ["by-nul"]),
+        ("start end", ["by-nul"]),
         ("café", ["by-accent"]),
         ("CAFÉ CRÈME", ["by-accent"]),
         ("caf", ["by-accent"]),

@@ -8,7 +8,11 @@ commit, the index cost an ingest about a tenth of its time.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
+import orjson
+
+from tidings.storage.indexing import search_text
 from tidings.storage.sqlite_indexer import mark_of, move_mark, next_range
 
 BATCH = 2_000
@@ -28,6 +32,11 @@ TEXT = (
 )
 
 
+# SQLite's JSON functions end a string at an escaped NUL, so TEXT would leave out every word
+# after one: the text of an event whose JSON holds `\u0000` (rare) is made in Python instead.
+_HOLDS_NUL = "(instr(e.data, '\\u0000') OR instr(e.attributes, '\\u0000'))"
+
+
 def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
     """Index the text of up to `limit` events after the mark; return how many were indexed."""
     mark = mark_of(conn, MARK)
@@ -36,8 +45,26 @@ def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
         return 0
     conn.execute(
         f"INSERT INTO events_text (rowid, text) SELECT e.position, {TEXT} FROM events e"
-        " WHERE e.position > ? AND e.position <= ?",
+        f" WHERE e.position > ? AND e.position <= ? AND NOT {_HOLDS_NUL}",
         (mark, last),
+    )
+    holding_nul = conn.execute(
+        "SELECT e.position, e.type, e.subject, e.actor, e.attributes, e.data FROM events e"
+        f" WHERE e.position > ? AND e.position <= ? AND {_HOLDS_NUL}",
+        (mark, last),
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO events_text (rowid, text) VALUES (?, ?)",
+        [(row[0], _text_in_python(*row[1:])) for row in holding_nul],
     )
     move_mark(conn, MARK, last)
     return count
+
+
+def _text_in_python(
+    type_: str, subject: str | None, actor: str | None, attributes: str, data: str
+) -> str:
+    """TEXT of one event, by indexing.search_text."""
+    loaded: Any = orjson.loads(data)
+    body = loaded.get("body", {}) if isinstance(loaded, dict) else {}
+    return search_text(type_, subject, actor, orjson.loads(attributes).get("description"), body)
