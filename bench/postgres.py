@@ -15,7 +15,9 @@
    (10,000,000) stored events: no filter, a type, a child group's subtree, both.
    Each request starts at a random position (a cursor) in a random order. The
    server is `tidings serve --no-worker` in a subprocess; the client is aiohttp,
-   one request at a time.
+   one request at a time. Where the relations list pages read fit in shared
+   buffers, they are first read in with `pg_prewarm`, as its autoprewarm worker
+   does after a restart on a server sized as docs/deploy.md says (`--no-prewarm`).
 4. Delivery throughput: 10,000 events x 5 local receivers (bench/delivery.py's)
    are queued by `tidings serve --no-worker`, then drained by one `tidings worker`
    process; then another 10,000 by two. The rate is measured at the receivers,
@@ -458,6 +460,31 @@ def list_relations_bytes(url: str) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def prewarm_list_relations(url: str) -> str:
+    """Read what list pages read into shared buffers when it fits there, as autoprewarm would.
+
+    A server sized as `docs/deploy.md` says runs with `pg_prewarm`'s autoprewarm, which reads
+    these blocks back after a restart; a database just filled, or one the OS has since evicted,
+    would otherwise be measured cold. Returns what was done, for figure 3's notes.
+    """
+    relations, buffers = list_relations_bytes(url), shared_buffers_bytes(url)
+    if relations > buffers:
+        return (
+            f"not prewarmed: {relations / 2**30:.1f} GiB of relations do not fit in"
+            f" {buffers / 2**30:.1f} GiB of shared_buffers"
+        )
+    began = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        row = conn.execute(
+            "SELECT sum(pg_prewarm(t.relid)) FROM unnest(%s::text[]) AS r(name),"
+            " pg_partition_tree(r.name::regclass) AS t WHERE t.isleaf",
+            (list(_LIST_RELATIONS),),
+        ).fetchone()
+    blocks = int(row[0]) if row and row[0] is not None else 0
+    return f"prewarmed: pg_prewarm read {blocks:,} blocks in {time.perf_counter() - began:.0f} s"
 
 
 def shared_buffers_bytes(url: str) -> int:
@@ -1106,6 +1133,8 @@ def figure_list(args: argparse.Namespace, database: ListDatabase, logs: Path) ->
     queries = list_queries(tree, types)
     access = asyncio.run(_prepare(database.url, tree, record_groups=False))
     codec = CursorCodec(asyncio.run(_cursor_key(database.url)))
+    prewarmed = prewarm_list_relations(database.url) if args.prewarm else "not prewarmed"
+    print(f"  {prewarmed}", flush=True)
     blocks_before = block_counts(database.url)
     with serving(database.url, logs) as server:
         latencies, failed = uvloop.run(
@@ -1129,7 +1158,7 @@ def figure_list(args: argparse.Namespace, database: ListDatabase, logs: Path) ->
         " in shared_buffers (the rest came from the OS cache or the disk), which hold"
         f" {shared_buffers_bytes(database.url) / 2**30:.1f} GiB against"
         f" {list_relations_bytes(database.url) / 2**30:.1f} GiB of relations list pages read"
-        " (see docs/deploy.md)"
+        f" (see docs/deploy.md), {prewarmed}"
         + (
             f"; migrations applied to the kept database: {database.migrated}"
             if database.migrated
@@ -1436,6 +1465,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--explain", action="store_true", help="print the plans of the list queries"
+    )
+    parser.add_argument(
+        "--no-prewarm",
+        dest="prewarm",
+        action="store_false",
+        help="measure figure 3 as the list's relations are, without first reading them into"
+        " shared buffers (done only where they fit, as pg_prewarm's autoprewarm would)",
     )
     parser.add_argument("--seed", type=int, default=20240601)
     parser.add_argument(
