@@ -584,6 +584,19 @@ def test_raw_payload_is_kept_byte_for_byte(client: TestClient, tenant: Tenant) -
     assert response.content == raw
 
 
+def test_a_payload_with_an_integer_beyond_64_bits_is_taken_and_kept_exactly(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """An external system's payload is not refused for a number tidings cannot hold whole: the
+    raw payload keeps its digits, where a producer of CloudEvents is asked for a string."""
+    webhook = created(client, tenant, GENERIC_MAPPING)
+    raw = json.dumps(GENERIC_PAYLOAD)[:-1].encode() + b', "count": 18446744073709551616}'
+    assert receive(client, webhook["id"], raw, webhook["access_key"]).status_code == 201
+    (stored_event,) = stored(client, tenant)
+    response = client.get(f"/v1/events/{stored_event['id']}/payload", headers=auth(tenant.viewer))
+    assert response.content == raw
+
+
 def test_the_payload_of_an_event_whose_id_holds_a_slash(client: TestClient, tenant: Tenant) -> None:
     """A CloudEvent's own id may hold "/": its payload is at /v1/events/<id, encoded>/payload."""
     webhook = created(client, tenant, "cloudevents")

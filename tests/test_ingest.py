@@ -310,6 +310,67 @@ def test_malformed_json_is_a_400(client: TestClient, tenant: Tenant) -> None:
     assert "not valid JSON" in response.json()["error"]["message"]
 
 
+def _with_number(tenant: Tenant, number: str, **attributes: Any) -> bytes:
+    """An event whose data's body holds `number` as written (json.dumps could not)."""
+    sent = event(tenant.root, data={"actor": {"subject": "u"}, "body": {"n": 0}}, **attributes)
+    return json.dumps(sent).replace('"n": 0', f'"n": {number}').encode()
+
+
+@pytest.mark.parametrize(
+    ("number", "shown"),
+    [
+        ("18446744073709551616", "18446744073709551616"),  # 2**64
+        ("-9223372036854775809", "-9223372036854775809"),  # -2**63 - 1
+        ("1" * 300, "11111111111111111111...(300 digits)"),
+    ],
+)
+def test_an_integer_beyond_64_bits_is_a_400_naming_it(
+    client: TestClient, tenant: Tenant, number: str, shown: str
+) -> None:
+    """It would come back as a float with other digits: refused, in every mode, and nothing is
+    stored."""
+    one = _with_number(tenant, number)
+    batch = b"[" + _with_number(tenant, "1", id="fine") + b"," + one + b"]"
+    binary = {
+        "ce-specversion": "1.0",
+        "ce-source": "https://platform.example/x",
+        "ce-type": TEST_TYPE,
+        "ce-group": tenant.root,
+    }
+    data = f'{{"actor": {{"subject": "u"}}, "body": {{"n": {number}}}}}'.encode()
+    for response, what in (
+        (post(client, tenant.producer, one), "body"),
+        (post(client, tenant.producer, batch, BATCH), "body"),
+        (post(client, tenant.producer, data, **binary), "data"),
+    ):
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["message"] == (
+            f"the {what} holds the integer {shown}, beyond 64 bits: it would not be kept"
+            " exactly; send it as a string"
+        )
+    assert count(client, tenant) == 0
+
+
+def test_integers_at_the_64_bit_bounds_and_long_digit_strings_come_back_exactly(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """The largest unsigned and the smallest signed 64-bit integers are kept, and so are runs of
+    digits in strings and long decimals (as the doubles they are)."""
+    body = {
+        "big": 2**64 - 1,
+        "small": -(2**63),
+        "digits": "1" * 40,
+        "negative": "-" + "9" * 30,
+        "decimal": 0.1,
+    }
+    sent = event(tenant.root, id="bounds", data={"actor": {"subject": "u"}, "body": body})
+    response = post(client, tenant.producer, sent)
+    assert response.status_code == 201, response.text
+    assert response.json()["data"]["body"] == body
+    fetched = client.get("/v1/events/bounds", headers=auth(tenant.viewer)).json()
+    assert fetched["data"]["body"] == body
+
+
 def test_unknown_content_type_is_a_415(client: TestClient, tenant: Tenant) -> None:
     """Only JSON, CloudEvents JSON, batches and binary mode are accepted."""
     response = post(client, tenant.producer, b"<event/>", "application/xml")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -52,12 +53,44 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 
-def loads(raw: bytes | str, what: str = "body") -> Any:
-    """Parse JSON, or raise BadRequest saying where it is malformed."""
+# orjson reads an integer beyond 64 bits (below -2**63 or above 2**64 - 1) as a float, so its
+# digits would not come back as sent: such a number is refused instead. Each has a run of 19
+# digits or more; the rare body with one (in a number or in a string) is read again by the
+# standard library, which keeps integers whole, to tell. Digits become "0" to find a run fast.
+_SMALLEST_INT, _LARGEST_INT = -(2**63), 2**64 - 1
+_DIGITS_AS_ZERO = bytes(ord("0") if 0x30 <= byte <= 0x39 else byte for byte in range(256))
+_DIGIT_RUN = b"0" * 19
+
+
+def loads(raw: bytes | str, what: str = "body", whole_integers: bool = True) -> Any:
+    """Parse JSON, or raise BadRequest saying where it is malformed or (if `whole_integers`)
+    which integer it holds that is beyond 64 bits."""
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the {what} is not valid JSON: {exc}") from exc
+    if whole_integers:
+        encoded = raw.encode() if isinstance(raw, str) else raw
+        if _DIGIT_RUN in encoded.translate(_DIGITS_AS_ZERO):
+            json.loads(encoded, parse_int=_whole_integer(what))
+    return value
+
+
+def _whole_integer(what: str) -> Callable[[str], int]:
+    """json's parse_int: the integer of `digits`, or BadRequest if it is beyond 64 bits."""
+
+    def parse(digits: str) -> int:
+        # At most 20 digits and a sign can be in range (and int() refuses past 4,300 digits).
+        value = int(digits) if len(digits) <= 21 else None
+        if value is None or not _SMALLEST_INT <= value <= _LARGEST_INT:
+            shown = digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
+            raise BadRequest(
+                f"the {what} holds the integer {shown}, beyond 64 bits: it would not be kept"
+                " exactly; send it as a string"
+            )
+        return value
+
+    return parse
 
 
 def parse_event(obj: Any) -> EventInput:

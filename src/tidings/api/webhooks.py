@@ -146,7 +146,9 @@ async def receive(request: Request, webhook_id: str) -> Response:
     key = request.headers.get("x-access-key") or request.query_params.get("access_key")
     webhook = None if key is None else await _keyed(state, webhook_id, key)
     raw = await read_limited(request, state.settings.max_event_bytes, "payload")
-    payload = wire.loads(raw, "payload")
+    # An external system's payload is taken as it comes: it is kept as received (served by
+    # /payload), so an integer beyond 64 bits, approximate in the mapped data, is kept exactly.
+    payload = wire.loads(raw, "payload", whole_integers=False)
     if key is None and isinstance(payload, dict) and "access_key" in payload and "data" in payload:
         key = payload.get("access_key")
         if payload.get("webhook_id") not in (None, webhook_id):
