@@ -527,6 +527,7 @@ def test_events_emit_refused_by_the_api_shows_its_message(server: Server, tenant
         ('{"x": 1e999}', "--body is not valid JSON"),
         ('"\\ud800"', "--body is not valid JSON"),
         ("[" * 600 + "]" * 600, "--body is nested too deeply to send"),
+        ('{"n": 18446744073709551616}', "the --body holds the integer 18446744073709551616"),
         ("@/nonexistent/body.json", "--body: cannot read '/nonexistent/body.json'"),
     ],
 )

@@ -351,6 +351,18 @@ def test_an_integer_beyond_64_bits_is_a_400_naming_it(
     assert count(client, tenant) == 0
 
 
+def test_a_long_number_deeper_than_the_standard_library_reads_is_a_400(
+    client: TestClient, tenant: Tenant
+) -> None:
+    """A run of digits sends the body to a second reading, which nests less deep than orjson:
+    refused as too deep (as it would be anyway), never a 500."""
+    nested = "[" * 1000 + "1234567890123456789" + "]" * 1000
+    response = post(client, tenant.producer, _with_number(tenant, nested))
+    assert response.status_code == 400, response.text
+    assert "more than 254 deep" in response.json()["error"]["message"]
+    assert count(client, tenant) == 0
+
+
 def test_integers_at_the_64_bit_bounds_and_long_digit_strings_come_back_exactly(
     client: TestClient, tenant: Tenant
 ) -> None:

@@ -42,6 +42,22 @@ async def test_a_search_finds_an_event_stored_just_before(tmp_path: Path) -> Non
         await storage.close()
 
 
+async def test_an_event_holding_nul_is_indexed_by_its_distinct_words(tmp_path: Path) -> None:
+    """Its text is made in Python (SQLite's JSON functions stop at a NUL) and, as everywhere,
+    holds each word once: a word after many repeats is still within the indexed bytes."""
+    storage = SQLiteStorage(str(tmp_path / "nul.db"))
+    await storage.open()
+    try:
+        root = groups.new_root()
+        note = "start\x00" + "repeated " * 40_000 + "zanzibar"  # 360 KB with its repeats
+        body = {"actor": {"subject": "user-1"}, "body": {"note": note}}
+        await storage.ingest([wire.parse_event(event(root, data=body))], NOW)
+        for q in ("start", "repeated", "zanzibar"):
+            assert len(await storage.list_events(EventQuery(scope=root, text=q))) == 1, q
+    finally:
+        await storage.close()
+
+
 async def test_the_index_follows_ingest_without_a_search(tmp_path: Path) -> None:
     """Ingested events are indexed soon after, in the background, and the mark moves on."""
     path = tmp_path / "background.db"

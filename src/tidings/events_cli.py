@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from tidings import wire
 from tidings.cli_common import (
     DEFAULT_URL,
     TokenOption,
@@ -23,6 +24,7 @@ from tidings.cli_common import (
     listing,
     out,
 )
+from tidings.errors import BadRequest
 from tidings.model import PAGE_LIMIT
 
 events_app = typer.Typer(
@@ -66,8 +68,11 @@ def _read_json(value: str, option: str) -> Any:
         raise fail(f"{option} is not valid JSON: {exc}") from exc
     try:
         orjson.dumps(parsed)
+        wire.refuse_inexact_integers(text.encode(), option)
     except orjson.JSONEncodeError as exc:
         raise fail(f"{option} is nested too deeply to send: {exc}") from exc
+    except BadRequest as exc:
+        raise fail(str(exc)) from exc
     return parsed
 
 

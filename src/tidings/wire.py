@@ -70,10 +70,21 @@ def loads(raw: bytes | str, what: str = "body", whole_integers: bool = True) -> 
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the {what} is not valid JSON: {exc}") from exc
     if whole_integers:
-        encoded = raw.encode() if isinstance(raw, str) else raw
-        if _DIGIT_RUN in encoded.translate(_DIGITS_AS_ZERO):
-            json.loads(encoded, parse_int=_whole_integer(what))
+        refuse_inexact_integers(raw.encode() if isinstance(raw, str) else raw, what)
     return value
+
+
+def refuse_inexact_integers(raw: bytes, what: str) -> None:
+    """BadRequest naming the first integer of `raw` (valid JSON) beyond 64 bits, if any."""
+    if _DIGIT_RUN not in raw.translate(_DIGITS_AS_ZERO):
+        return
+    try:
+        json.loads(raw, parse_int=_whole_integer(what))
+    except RecursionError as exc:  # orjson reads 1,024 levels; the standard library fewer
+        raise BadRequest(
+            f"the {what} nests objects and arrays more than {_DEPTH_LIMIT} deep, which tidings"
+            " cannot store"
+        ) from exc
 
 
 def _whole_integer(what: str) -> Callable[[str], int]:

@@ -52,10 +52,10 @@ def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
         "SELECT e.position, e.type, e.subject, e.actor, e.attributes, e.data FROM events e"
         f" WHERE e.position > ? AND e.position <= ? AND {_HOLDS_NUL}",
         (mark, last),
-    ).fetchall()
-    conn.executemany(
+    )
+    conn.executemany(  # one event's text at a time: each may be as large as an event
         "INSERT INTO events_text (rowid, text) VALUES (?, ?)",
-        [(row[0], _text_in_python(*row[1:])) for row in holding_nul],
+        ((row[0], _text_in_python(*row[1:])) for row in holding_nul),
     )
     move_mark(conn, MARK, last)
     return count
@@ -64,7 +64,9 @@ def index_batch(conn: sqlite3.Connection, limit: int = BATCH) -> int:
 def _text_in_python(
     type_: str, subject: str | None, actor: str | None, attributes: str, data: str
 ) -> str:
-    """TEXT of one event, by indexing.search_text."""
+    """TEXT of one event, by indexing.search_text: each word once, as PostgreSQL indexes it, so
+    that the words past SEARCH_TEXT_LIMIT are cut as there."""
     loaded: Any = orjson.loads(data)
     body = loaded.get("body", {}) if isinstance(loaded, dict) else {}
-    return search_text(type_, subject, actor, orjson.loads(attributes).get("description"), body)
+    description = orjson.loads(attributes).get("description")
+    return search_text(type_, subject, actor, description, body, distinct=True)
