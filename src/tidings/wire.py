@@ -54,12 +54,13 @@ def dumps(value: Any) -> str:
 
 
 # orjson reads an integer beyond 64 bits (below -2**63 or above 2**64 - 1) as a float, so its
-# digits would not come back as sent: such a number is refused instead. Each has a run of 19
-# digits or more; the rare body with one (in a number or in a string) is read again by the
-# standard library, which keeps integers whole, to tell. Digits become "0" to find a run fast.
+# digits would not come back as sent: such a number is refused instead. Each is 20 digits or
+# more, or a minus and 19 (a time in nanoseconds or a 64-bit id, 19 digits, is neither); the
+# rare body with such a run (in a number or in a string) is read again by the standard library,
+# which keeps integers whole, to tell. Digits become "0" to find a run fast.
 _SMALLEST_INT, _LARGEST_INT = -(2**63), 2**64 - 1
 _DIGITS_AS_ZERO = bytes(ord("0") if 0x30 <= byte <= 0x39 else byte for byte in range(256))
-_DIGIT_RUN = b"0" * 19
+_LONG_RUNS = (b"0" * 20, b"-" + b"0" * 19)
 
 
 def loads(raw: bytes | str, what: str = "body", whole_integers: bool = True) -> Any:
@@ -76,7 +77,8 @@ def loads(raw: bytes | str, what: str = "body", whole_integers: bool = True) -> 
 
 def refuse_inexact_integers(raw: bytes, what: str) -> None:
     """BadRequest naming the first integer of `raw` (valid JSON) beyond 64 bits, if any."""
-    if _DIGIT_RUN not in raw.translate(_DIGITS_AS_ZERO):
+    zeroed = raw.translate(_DIGITS_AS_ZERO)
+    if not any(run in zeroed for run in _LONG_RUNS):
         return
     try:
         json.loads(raw, parse_int=_whole_integer(what))
