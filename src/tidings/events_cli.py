@@ -68,9 +68,10 @@ def _read_json(value: str, option: str) -> Any:
         raise fail(f"{option} is not valid JSON: {exc}") from exc
     try:
         orjson.dumps(parsed)
-        wire.refuse_inexact_integers(text.encode(), option)
     except orjson.JSONEncodeError as exc:
         raise fail(f"{option} is nested too deeply to send: {exc}") from exc
+    try:
+        wire.refuse_inexact_integers(text.encode(), option)
     except BadRequest as exc:
         raise fail(str(exc)) from exc
     return parsed

@@ -83,25 +83,28 @@ def refuse_inexact_integers(raw: bytes, what: str) -> None:
     try:
         json.loads(raw, parse_int=_whole_integer(what))
     except RecursionError as exc:  # orjson reads 1,024 levels; the standard library fewer
-        raise BadRequest(
-            f"the {what} nests objects and arrays more than {_DEPTH_LIMIT} deep, which tidings"
-            " cannot store"
-        ) from exc
+        raise too_deep(f"the {what}") from exc
+
+
+def too_deep(what: str) -> BadRequest:
+    """The refusal of JSON nested deeper than tidings stores."""
+    return BadRequest(
+        f"{what} nests objects and arrays more than {_DEPTH_LIMIT} deep, which tidings cannot store"
+    )
 
 
 def _whole_integer(what: str) -> Callable[[str], int]:
     """json's parse_int: the integer of `digits`, or BadRequest if it is beyond 64 bits."""
 
     def parse(digits: str) -> int:
-        # At most 20 digits and a sign can be in range (and int() refuses past 4,300 digits).
-        value = int(digits) if len(digits) <= 21 else None
-        if value is None or not _SMALLEST_INT <= value <= _LARGEST_INT:
-            shown = digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
-            raise BadRequest(
-                f"the {what} holds the integer {shown}, beyond 64 bits: it would not be kept"
-                " exactly; send it as a string"
-            )
-        return value
+        # A sign and 20 digits at most can be in range (and int() refuses past 4,300 digits).
+        if len(digits) <= 21 and _SMALLEST_INT <= (value := int(digits)) <= _LARGEST_INT:
+            return value
+        shown = digits if len(digits) <= 40 else f"{digits[:20]}...({len(digits)} digits)"
+        raise BadRequest(
+            f"the {what} holds the integer {shown}, beyond 64 bits: it would not be kept"
+            " exactly; send it as a string"
+        )
 
     return parse
 
@@ -248,9 +251,7 @@ def _build(attributes: dict[str, Any], data: Any) -> EventInput:
     try:
         data_json = dumps(data)
     except orjson.JSONEncodeError as exc:  # JSON parsers take deeper values than it writes
-        raise BadRequest(
-            f"data nests objects and arrays more than {_DEPTH_LIMIT} deep, which tidings cannot store"
-        ) from exc
+        raise too_deep("data") from exc
     # The canonical JSON of [id, source, type, subject, time, group, audience, extensions, data],
     # with the data's text spliced in rather than encoded twice.
     head = dumps([event_id, source, event_type, subject, raw_time, group, audience, extensions])
